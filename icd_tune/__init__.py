@@ -1,0 +1,1 @@
+"""Invariant Consistency Distillation tuning platform."""

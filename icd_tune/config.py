@@ -1,0 +1,168 @@
+"""Typed configuration of one training trial (the method layer's input).
+
+Defaults are the published ICD recipe for CIFAR-100 (arXiv 2407.11802):
+240 epochs, batch 64, SGD momentum 0.9, lr 0.05 decayed x0.1 at epochs
+150/180/210, weight decay 5e-4, w_ce 1, w_kd 0, w_con 1, w_inv 0.5, T 4, D 128.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from .schema import ConfigError, from_dict, join_path, require, to_dict
+
+DATASETS = ("cifar100", "digits", "synthetic")
+
+
+@dataclass
+class DataConfig:
+    name: Literal["cifar100", "digits", "synthetic"] = "digits"
+    # Where cifar100 is downloaded to or looked for; None means ./data.
+    root: Optional[str] = None
+    download: bool = True
+    # A seeded share of the training set held out for tuning; test is never selected on.
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    augment: bool = True
+    # synthetic data only
+    num_train: int = 512
+    num_test: int = 128
+    num_classes: int = 10
+    synthetic_seed: int = 0
+
+    def validate(self, path: str) -> None:
+        require(0.0 <= self.val_fraction < 1.0, f"bad value {self.val_fraction!r}: expected 0 <= val_fraction < 1", join_path(path, "val_fraction"))
+        require(self.num_train >= 2, f"bad value {self.num_train!r}: expected at least 2", join_path(path, "num_train"))
+        require(self.num_test >= 1, f"bad value {self.num_test!r}: expected at least 1", join_path(path, "num_test"))
+        require(self.num_classes >= 2, f"bad value {self.num_classes!r}: expected at least 2", join_path(path, "num_classes"))
+
+
+@dataclass
+class NegativesConfig:
+    source: Literal["batch", "memory"] = "batch"
+    # Negatives per anchor for `memory`; `batch` always uses the other B-1 samples.
+    count: int = 16384
+    # Memory-bank update m <- normalize(momentum * m + (1 - momentum) * z), as in CRD.
+    momentum: float = 0.5
+
+    def validate(self, path: str) -> None:
+        require(self.count >= 1, f"bad value {self.count!r}: expected a positive integer", join_path(path, "count"))
+        require(0.0 <= self.momentum < 1.0, f"bad value {self.momentum!r}: expected 0 <= momentum < 1", join_path(path, "momentum"))
+
+
+@dataclass
+class LossConfig:
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    contrastive_weight: float = 1.0
+    invariance_weight: float = 0.5
+    kd_temperature: float = 4.0
+    # `learnable` (scale = exp(theta), theta from 1, capped at 10) or a fixed temperature.
+    temperature: Union[Literal["learnable"], float] = "learnable"
+    feat_dim: int = 128
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+
+    def validate(self, path: str) -> None:
+        for name in ("ce_weight", "kd_weight", "contrastive_weight", "invariance_weight"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, f"bad value {value!r}: loss weights must be finite and >= 0", join_path(path, name))
+        require(self.kd_temperature > 0, f"bad value {self.kd_temperature!r}: expected a temperature > 0", join_path(path, "kd_temperature"))
+        if self.temperature != "learnable":
+            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected 'learnable' or a temperature > 0", join_path(path, "temperature"))
+        require(self.feat_dim >= 1, f"bad value {self.feat_dim!r}: expected a positive integer", join_path(path, "feat_dim"))
+
+    @property
+    def uses_icd(self) -> bool:
+        return self.contrastive_weight > 0 or self.invariance_weight > 0
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kd_weight > 0 or self.uses_icd
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # Step decay points as fractions of the epoch budget: 150/180/210 of 240.
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
+    gamma: float = 0.1
+
+    def validate(self, path: str) -> None:
+        require(self.epochs >= 1, f"bad value {self.epochs!r}: expected at least 1 epoch", join_path(path, "epochs"))
+        require(self.batch_size >= 2, f"bad value {self.batch_size!r}: expected a batch size of at least 2 (contrastive terms need negatives)", join_path(path, "batch_size"))
+        require(self.lr > 0, f"bad value {self.lr!r}: expected lr > 0", join_path(path, "lr"))
+        require(0 <= self.momentum < 1, f"bad value {self.momentum!r}: expected 0 <= momentum < 1", join_path(path, "momentum"))
+        require(self.weight_decay >= 0, f"bad value {self.weight_decay!r}: expected weight_decay >= 0", join_path(path, "weight_decay"))
+        for i, m in enumerate(self.milestones):
+            require(0 < m < 1, f"bad value {m!r}: milestones are fractions of the epoch budget, 0 < m < 1", join_path(join_path(path, "milestones"), i))
+        require(0 < self.gamma <= 1, f"bad value {self.gamma!r}: expected 0 < gamma <= 1", join_path(path, "gamma"))
+
+    def milestone_epochs(self) -> list[int]:
+        return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "resnet32x4"
+    # A checkpoint file (ours or RepDistiller's {'model': state_dict}); None trains one.
+    checkpoint: Optional[str] = None
+    # Recipe for training the teacher when no checkpoint is given.
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    # Where trained teachers are cached; None means ./results/teachers.
+    cache_dir: Optional[str] = None
+
+    def validate(self, path: str) -> None:
+        from .models import MODEL_NAMES
+        from .schema import suggest
+
+        require(self.arch in MODEL_NAMES, f"unknown model '{self.arch}'{suggest(self.arch, MODEL_NAMES)}", join_path(path, "arch"))
+
+
+@dataclass
+class TrialConfig:
+    student: str = "resnet8x4"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    # Cap on optimizer steps per epoch (smoke runs); None runs full epochs.
+    max_steps_per_epoch: Optional[int] = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    # How often (in epochs) val/test accuracy is measured; the last epoch always is.
+    eval_every: int = 1
+
+    def validate(self, path: str) -> None:
+        from .models import MODEL_NAMES
+        from .schema import suggest
+
+        require(self.student in MODEL_NAMES, f"unknown model '{self.student}'{suggest(self.student, MODEL_NAMES)}", join_path(path, "student"))
+        if self.max_steps_per_epoch is not None:
+            require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer or null", join_path(path, "max_steps_per_epoch"))
+        require(self.eval_every >= 1, f"bad value {self.eval_every!r}: expected a positive integer", join_path(path, "eval_every"))
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str = "") -> "TrialConfig":
+        return from_dict(cls, data, path)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "NegativesConfig",
+    "OptimConfig",
+    "TeacherConfig",
+    "TrialConfig",
+]

@@ -1,0 +1,55 @@
+"""One ICD trial in this process, no Ray or MLflow: ``python -m icd_tune.single_trial``.
+
+Useful to check a configuration by hand and as the in-process baseline that
+the platform's overhead is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import yaml
+
+from .config import TrialConfig
+from .data import load_data
+from .teachers import get_teacher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with a trial config (keys of TrialConfig)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. loss.invariance_weight=0.5 (repeatable)")
+    args = parser.parse_args(argv)
+    raw: dict = {}
+    if args.config:
+        with open(args.config) as f:
+            raw = yaml.safe_load(f) or {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    cfg = TrialConfig.from_dict(raw)
+    data = load_data(cfg.data)
+    teacher = None
+    if cfg.loss.uses_teacher:
+        teacher, info = get_teacher(cfg.teacher, data, cfg.data, device=cfg.device)
+        print(f"teacher: {json.dumps(info)}")
+    from .train import Trainer
+
+    start = time.perf_counter()
+    trainer = Trainer(cfg, data, teacher)
+    for m in trainer.epochs():
+        shown = {k: round(v, 4) for k, v in m.items() if k.startswith(("train/loss", "val/acc1", "test/acc1"))}
+        print(f"epoch {m['epoch']}/{cfg.optim.epochs} {shown}", flush=True)
+    print(f"done in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

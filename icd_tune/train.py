@@ -1,0 +1,243 @@
+"""One training trial: a student distilled from a frozen teacher, epoch by epoch.
+
+``Trainer.epochs()`` yields a metrics dict after every epoch; callers (the Ray
+Tune trainable, the CLI, tests) decide what to do with it, e.g. checkpoint and
+report. Losses and accuracies are accumulated on the device and read once per
+epoch, so the step loop never waits for the host.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from .config import TrialConfig
+from .data import DataBundle, Normalizer, TrainStream, eval_batches
+from .methods import get_method
+from .methods.icd import LiveTeacher
+from .models import create_model, feature_dim
+
+CHECKPOINT_FORMAT = 1
+
+
+class DivergenceError(RuntimeError):
+    """A loss term became non-finite; the trial cannot continue."""
+
+    def __init__(self, epoch: int, step: int, term: str):
+        self.epoch, self.step, self.term = epoch, step, term
+        super().__init__(f"diverged at epoch {epoch}, step {step}: loss term '{term}' became non-finite")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_student(cfg: TrialConfig, num_classes: int) -> nn.Module:
+    # The student's initialisation depends on the seed alone, so trials that share
+    # a seed start from the same weights whatever factor levels they run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return create_model(cfg.student, num_classes)
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, data: DataBundle, teacher: nn.Module | None = None,
+                 device: torch.device | str | None = None, teacher_outputs: nn.Module | None = None):
+        self.cfg = cfg
+        self.data = data
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        opt = cfg.optim
+
+        student = build_student(cfg, data.num_classes)
+        if teacher_outputs is None and teacher is not None and cfg.loss.uses_teacher:
+            teacher_outputs = LiveTeacher(teacher)
+        if self.cuda:
+            student = student.to(memory_format=torch.channels_last)
+            if teacher_outputs is not None:
+                teacher_outputs = teacher_outputs.to(memory_format=torch.channels_last)
+        teacher_dim = None
+        if teacher is not None:
+            teacher_dim = getattr(teacher, "feature_dim", None)
+        method = get_method("icd")
+        self.distiller = method(student, teacher_outputs, cfg.loss, feature_dim(cfg.student), teacher_dim,
+                                num_train=data.num_train, batch_size=opt.batch_size, seed=cfg.seed).to(self.device)
+        self.student = self.distiller.student
+        if cfg.compile:
+            self.distiller.student.forward = torch.compile(self.distiller.student.forward)
+            if self.distiller.teacher is not None:
+                self.distiller.teacher.forward = torch.compile(self.distiller.teacher.forward)
+
+        params = [p for m in self.distiller.trainable_modules() for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, opt.milestone_epochs(), gamma=opt.gamma)
+
+        self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.negatives_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+        self.normalizer = Normalizer(data.mean, data.std, self.device, channels_last=self.cuda)
+        self.stream = TrainStream(data.train_x, data.train_y, opt.batch_size, self.device, self.data_generator,
+                                  self.normalizer, augment_images=cfg.data.augment)
+        self.epoch = 0  # completed epochs
+        self.best_val_acc1 = float("-inf")
+
+    # ------------------------------------------------------------------ training
+
+    def _autocast(self):
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def train_epoch(self) -> dict[str, float]:
+        self.distiller.train()
+        epoch_number = self.epoch + 1
+        names = list(self.distiller.weights)
+        sums = torch.zeros(len(names) + 1, device=self.device, dtype=torch.float64)
+        first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        weights = [self.distiller.weights[n] for n in names]
+        seen = 0
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for step, (x, y, index, variant) in enumerate(self.stream.epoch(self.cfg.max_steps_per_epoch)):
+            with self._autocast():
+                logits, terms = self.distiller.forward_train(x, y, index, variant, self.negatives_generator)
+            values = torch.stack([terms[n].float() for n in names])
+            loss = sum(w * terms[n] for w, n in zip(weights, names) if w != 0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                sums[:-1] += values.detach()
+                sums[-1] += loss.detach()
+                bad = ~torch.isfinite(values.detach())
+                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+            seen += y.shape[0]
+        steps = max(1, seen // self.cfg.optim.batch_size)
+        totals = sums.tolist()  # the epoch's one host synchronisation
+        elapsed = time.perf_counter() - start
+        bad_steps = first_bad.tolist()
+        failing = [(s, n) for s, n in zip(bad_steps, names) if s >= 0]
+        if failing or not all(map(lambda v: v == v and abs(v) != float("inf"), totals)):
+            step, term = min(failing) if failing else (steps - 1, "total")
+            raise DivergenceError(epoch_number, step + 1, term)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        metrics = {f"train/loss_{n}": totals[i] / steps for i, n in enumerate(names)}
+        metrics["train/loss"] = totals[-1] / steps
+        metrics["train/acc1"] = 100.0 * correct.item() / max(1, seen)
+        metrics["train/lr"] = lr
+        if self.distiller.head is not None:
+            metrics["train/logit_scale"] = float(self.distiller.head.logit_scale().detach())
+        metrics["time/epoch_seconds"] = elapsed
+        metrics["time/images_per_second"] = seen / elapsed if elapsed > 0 else 0.0
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+        self.student.eval()
+        k = min(5, self.data.num_classes)
+        hits = torch.zeros(2, device=self.device, dtype=torch.long)
+        for x, y in eval_batches(images, labels, batch_size, self.device, self.normalizer):
+            with self._autocast():
+                logits = self.student(x)
+            top = logits.float().topk(k, dim=1).indices
+            match = top == y[:, None]
+            hits[0] += match[:, 0].sum()
+            hits[1] += match.any(dim=1).sum()
+        n = max(1, labels.shape[0])
+        acc1, acc5 = (100.0 * hits.double() / n).tolist()
+        return {"acc1": acc1, "acc5": acc5}
+
+    def run_epoch(self) -> dict[str, float]:
+        metrics = self.train_epoch()
+        self.epoch += 1
+        last = self.epoch == self.cfg.optim.epochs
+        if last or self.epoch % self.cfg.eval_every == 0:
+            if self.data.val_x.shape[0] > 0:
+                for key, value in self.evaluate(self.data.val_x, self.data.val_y).items():
+                    metrics[f"val/{key}"] = value
+                self.best_val_acc1 = max(self.best_val_acc1, metrics["val/acc1"])
+                metrics["val/best_acc1"] = self.best_val_acc1
+            for key, value in self.evaluate(self.data.test_x, self.data.test_y).items():
+                metrics[f"test/{key}"] = value
+        metrics["epoch"] = self.epoch
+        return metrics
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        while self.epoch < self.cfg.optim.epochs:
+            yield self.run_epoch()
+
+    def fit(self, callback: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for metrics in self.epochs():
+            if callback is not None:
+                callback(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        head = self.distiller.head
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "best_val_acc1": self.best_val_acc1,
+            "config": self.cfg.to_dict(),
+            "student": _cpu(self.student.state_dict()),
+            "head": _cpu(head.state_dict()) if head is not None else None,
+            "optimizer": _cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "data_rng": self.data_generator.get_state(),
+            "negatives_rng": self.negatives_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        self.student.load_state_dict(state["student"])
+        if self.distiller.head is not None:
+            if state["head"] is None:
+                raise ValueError("checkpoint has no ICD head but this trial's loss needs one")
+            self.distiller.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data_generator.set_state(state["data_rng"])
+        self.negatives_generator.set_state(state["negatives_rng"])
+        self.epoch = int(state["epoch"])
+        self.best_val_acc1 = float(state["best_val_acc1"])
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)  # a crash mid-write never leaves a half checkpoint
+        return path
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
+
+
+def run_trial(cfg: TrialConfig, data: DataBundle, teacher: nn.Module | None = None,
+              callback: Callable[[dict[str, float]], None] | None = None, device=None) -> dict[str, float]:
+    return Trainer(cfg, data, teacher, device=device).fit(callback)

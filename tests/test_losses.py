@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from icd_tune.config import LossConfig, NegativesConfig
+from icd_tune.losses import (ICDHead, check_negative_count, icd_terms, icd_terms_with_keys, kd_loss,
+                             sample_excluding)
+
+
+def unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_icd_terms_hand_computed_two_samples():
+    # z_s = [e1, e2], z_t = [e1, (e1+e2)/sqrt2]: L = s * [[1, a], [0, a]], a = 1/sqrt2.
+    a = 1 / math.sqrt(2)
+    z_s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_t = torch.tensor([[1.0, 0.0], [a, a]])
+    s = 2.0
+    L = [[s * 1, s * a], [0.0, s * a]]
+
+    def lse(xs):
+        return math.log(sum(math.exp(x) for x in xs))
+
+    contrastive = ((lse(L[0]) - L[0][0]) + (lse(L[1]) - L[1][1])) / 2
+    P = [[math.exp(L[i][j] - lse(L[i])) for j in range(2)] for i in range(2)]
+    cols = [[L[0][i], L[1][i]] for i in range(2)]
+    Q = [[math.exp(cols[i][j] - lse(cols[i])) for j in range(2)] for i in range(2)]
+    invariance = sum(sum(Q[i][j] * math.log(Q[i][j] / P[i][j]) for j in range(2)) for i in range(2)) / 2
+    c, inv = icd_terms(z_s, z_t, s)
+    assert c.item() == pytest.approx(contrastive, abs=1e-6)
+    assert inv.item() == pytest.approx(invariance, abs=1e-6)
+    # A bias shifts every logit equally: neither term may change.
+    c_b, inv_b = icd_terms(z_s, z_t, s, 0.7)
+    assert c_b.item() == pytest.approx(contrastive, abs=1e-6)
+    assert inv_b.item() == pytest.approx(invariance, abs=1e-6)
+
+
+def test_icd_terms_identical_embeddings():
+    # z_s = z_t = orthonormal rows: L = s*I, contrastive = log(1 + (B-1) e^{-s}).
+    B, s = 4, 3.0
+    z = torch.eye(B)
+    c, inv = icd_terms(z, z, s)
+    assert c.item() == pytest.approx(math.log(1 + (B - 1) * math.exp(-s)), abs=1e-6)
+    assert inv.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_invariance_zero_when_logits_symmetric():
+    # z_t = z_s makes L = s * Z Z^T symmetric, so row and column distributions coincide.
+    z = unit(8, 16)
+    _, inv = icd_terms(z, z, 5.0, -0.3)
+    assert abs(inv.item()) < 1e-6
+    _, inv_asym = icd_terms(z, unit(8, 16, seed=1), 5.0)
+    assert inv_asym.item() > 1e-3
+
+
+def test_kd_matches_definition():
+    s, t, T = torch.randn(5, 7), torch.randn(5, 7), 4.0
+    p_t = F.softmax(t / T, 1)
+    expected = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean() * T * T
+    assert kd_loss(s, t, T).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kd_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_memory_formulation_with_batch_keys_equals_batch_mode():
+    B, D, s, b = 6, 12, 7.0, 0.4
+    z_s, z_t = unit(B, D, seed=2), unit(B, D, seed=3)
+    others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, B)]) for i in range(B)])
+    c_mem, inv_mem = icd_terms_with_keys(z_s, z_t, z_t[others], z_s[others], s, b)
+    c_batch, inv_batch = icd_terms(z_s, z_t, s, b)
+    assert c_mem.item() == pytest.approx(c_batch.item(), abs=1e-6)
+    assert inv_mem.item() == pytest.approx(inv_batch.item(), abs=1e-6)
+
+
+def test_gradients_reach_heads_theta_and_bias():
+    for source in ("batch", "memory"):
+        cfg = LossConfig(feat_dim=8, negatives=NegativesConfig(source=source, count=10))
+        head = ICDHead(5, 7, cfg, num_train=40, batch_size=4)
+        f_s, f_t = torch.randn(4, 5), torch.randn(4, 7)
+        index = torch.tensor([3, 17, 0, 39])
+        c, inv = head(f_s, f_t, index, torch.Generator().manual_seed(0))
+        (c + inv).backward()
+        for name, p in [("proj_s", head.proj_s.weight), ("proj_t", head.proj_t.weight),
+                        ("theta", head.theta), ("bias", head.bias)]:
+            assert p.grad is not None and p.grad.abs().sum() > 0, (source, name)
+
+
+def test_fixed_temperature_and_learnable_cap():
+    fixed = ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.2))
+    assert fixed.logit_scale().item() == pytest.approx(5.0, rel=1e-6)
+    assert not any(n in dict(fixed.named_parameters()) for n in ("theta", "bias"))
+    learn = ICDHead(4, 4, LossConfig(feat_dim=4))
+    assert learn.logit_scale().item() == pytest.approx(math.e, rel=1e-6)
+    with torch.no_grad():
+        learn.theta.fill_(5.0)
+    assert learn.logit_scale().item() == pytest.approx(10.0)
+
+
+def test_negatives_never_in_batch_and_distinct():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        batch = torch.randperm(100, generator=g)[:16]
+        neg = sample_excluding(100, batch, 84, g)
+        assert len(set(neg.tolist())) == 84
+        assert not set(neg.tolist()) & set(batch.tolist())
+        assert neg.min() >= 0 and neg.max() < 100
+
+
+def test_memory_bank_updates_only_batch_rows():
+    cfg = LossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=8, momentum=0.5))
+    head = ICDHead(3, 3, cfg, num_train=20, batch_size=4)
+    before = head.bank_s.clone()
+    index = torch.tensor([1, 5, 9, 13])
+    head(torch.randn(4, 3), torch.randn(4, 3), index, torch.Generator().manual_seed(1))
+    changed = (head.bank_s != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [1, 5, 9, 13]
+    assert torch.allclose(head.bank_s.norm(dim=1), torch.ones(20), atol=1e-5)
+
+
+def test_too_many_negatives_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"negatives.count 100 is more than the data allows.*at most 96"):
+        check_negative_count(100, 100, 4)
+    cfg = LossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=100))
+    with pytest.raises(ValueError, match="more than the data allows"):
+        ICDHead(3, 3, cfg, num_train=100, batch_size=4)
