@@ -115,8 +115,13 @@ class TeacherConfig:
     # Recipe for training the teacher when no checkpoint is given.
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
-    # Where trained teachers are cached; None means ./results/teachers.
+    # Where trained teachers (and their output caches) are kept; None means ./results/teachers.
     cache_dir: Optional[str] = None
+    # Exact teacher-output cache over the 162 augmentation variants: off, on, or auto
+    # (on when the augmentation is pad-crop-flip and the cache fits the memory budget).
+    cache: Literal["off", "on", "auto"] = "auto"
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_memory_budget_gb: float = 8.0
 
     def validate(self, path: str) -> None:
         from .models import MODEL_NAMES

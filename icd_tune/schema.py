@@ -101,7 +101,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         item_type = get_args(tp)[0]
         items = [coerce(v, item_type, join_path(path, i)) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"bad value {value!r}: expected a mapping", path)
         return dict(value)

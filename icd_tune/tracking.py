@@ -1,0 +1,231 @@
+"""MLflow logging from the driver: one parent run per study invocation, one child per trial.
+
+Logged through ``MlflowClient`` from a Tune callback, so worker nodes never
+touch the tracking store. Runs are found again by tag on ``--resume``, so a
+resumed study continues its runs instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import time
+from importlib import metadata
+from typing import Any, Callable
+
+from ray import tune
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "icd_tune.trial_id"
+STUDY_RUN_TAG = "icd_tune.study_run"  # the results folder of one invocation
+SECRET_PATTERN = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|credential)", re.I)
+METRIC_PREFIXES = ("train/", "val/", "test/", "time/")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("icd-tune", "torch", "torchvision", "ray", "optuna", "mlflow", "pyarrow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or os.path.dirname(__file__), capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def redact(params: dict[str, Any]) -> dict[str, Any]:
+    """Drops any value whose key looks like a credential; those come from the environment only."""
+    return {k: v for k, v in params.items() if not SECRET_PATTERN.search(k)}
+
+
+def common_tags() -> dict[str, str]:
+    tags = {f"version.{k}": v for k, v in package_versions().items()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def ui_runs_url(tracking_uri: str, experiment_id: str) -> str:
+    base = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("http"):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {tracking_uri}"
+
+
+def numeric_metrics(result: dict) -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if key.startswith(METRIC_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                out[key] = float(value)
+    return out
+
+
+class StudyTracker:
+    """Owns the MLflow experiment and parent run; finds or creates child runs."""
+
+    def __init__(self, tracking_uri: str, study_name: str, run_folder: str, artifact_root: str | None = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                study_name, artifact_location=artifact_root, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        else:
+            self.experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        self.run_folder = run_folder
+        self.parent_run_id: str | None = None
+
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None) -> str:
+        if resume_id:
+            try:
+                self.client.get_run(resume_id)
+                self.client.update_run(resume_id, status="RUNNING")
+                self.parent_run_id = resume_id
+                return resume_id
+            except Exception:
+                pass  # the store was replaced; start a fresh parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, STUDY_RUN_TAG: self.run_folder})
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        return self.parent_run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(redact(params).items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def find_child(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def last_logged_epoch(self, run_id: str) -> int:
+        history = self.client.get_metric_history(run_id, "train/loss")
+        return max((m.step for m in history), default=0)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+class MLflowTrialCallback(tune.Callback):
+    """Tune callback: a named child run per trial, metrics per epoch, how it ended."""
+
+    def __init__(self, tracker: StudyTracker, describe: Callable[[dict], tuple[str, dict[str, Any]]],
+                 max_epochs: int, tags: dict[str, str]):
+        self.tracker = tracker
+        self.describe = describe  # trial config -> (display name, flat resolved params)
+        self.max_epochs = max_epochs
+        self.tags = tags
+        self.runs: dict[str, str] = {}
+        self.last_epoch: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+
+    def _run(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        client = self.tracker.client
+        name, params = self.describe(trial.config)
+        self.names[trial.trial_id] = name
+        run_id = self.tracker.find_child(trial.trial_id)
+        if run_id is None:
+            run = client.create_run(self.tracker.experiment_id, run_name=name, tags={
+                **self.tags, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
+                "icd_tune.end": "running"})
+            run_id = run.info.run_id
+            self.tracker.log_params(run_id, params)
+            self.last_epoch[trial.trial_id] = 0
+        else:
+            client.update_run(run_id, status="RUNNING")
+            self.last_epoch[trial.trial_id] = self.tracker.last_logged_epoch(run_id)
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self._run(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self.last_epoch.get(trial.trial_id, 0):
+            return  # already logged before an interruption
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, epoch) for k, v in numeric_metrics(result).items()]
+        metrics.append(Metric("epoch", float(epoch), now, epoch))
+        tags = []
+        if result.get("node_ip"):
+            tags.append(RunTag("ray.node_ip", str(result["node_ip"])))
+        if result.get("hostname"):
+            tags.append(RunTag("ray.hostname", str(result["hostname"])))
+        if result.get("node_id"):
+            tags.append(RunTag("ray.node_id", str(result["node_id"])))
+        self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.last_epoch[trial.trial_id] = epoch
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0) or 0)
+        if result.get("trial/diverged"):
+            reason = f"failed: {result.get('trial/error', 'diverged')}"
+            status = "FAILED"
+        elif epoch < self.max_epochs:
+            reason, status = f"stopped early at epoch {epoch}", "FINISHED"
+        else:
+            reason, status = "completed", "FINISHED"
+        self.tracker.client.set_tag(run_id, "icd_tune.end", reason)
+        self.tracker.end(run_id, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        self.tracker.client.set_tag(run_id, "icd_tune.end", f"failed: {trial_error_text(trial)}"[:5000])
+        self.tracker.end(run_id, "FAILED")
+
+    def mark_interrupted(self) -> None:
+        for run_id in self.runs.values():
+            run = self.tracker.client.get_run(run_id)
+            if run.info.status == "RUNNING":
+                self.tracker.client.set_tag(run_id, "icd_tune.end", "interrupted")
+                self.tracker.end(run_id, "KILLED")
+
+
+def trial_error_text(trial) -> str:
+    try:
+        path = trial.error_file
+        if path and os.path.exists(path):
+            lines = [ln for ln in open(path).read().strip().splitlines() if ln.strip()]
+            return lines[-1] if lines else "error"
+    except Exception:
+        pass
+    return "error (see the trial's error file)"

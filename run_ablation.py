@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Run an ICD ablation or search study: python run_ablation.py ablations/invariance_weight.yaml"""
+
+import os
+import sys
+
+# Ray binds to loopback unless told otherwise (a no-op when the user set it).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from icd_tune.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
