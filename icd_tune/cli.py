@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_plan(study, out=sys.stdout) -> None:
+def print_plan(study, out=None) -> None:
     from .schema import to_dict
+
+    out = out or sys.stdout
 
     settings = study.settings
     resolved = {"name": settings.name, **study.base, **{k: v for k, v in to_dict(settings).items() if k != "name"}}

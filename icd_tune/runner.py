@@ -138,7 +138,11 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int):
                     ot_trial.set_user_attr("failure", str(result.get("trial/error")))
                 self._ot_study.tell(ot_trial, state=OptunaTrialState.FAIL)
             elif int(result.get("epoch", max_epochs)) < max_epochs:
-                # Optuna takes the last reported intermediate value as a pruned trial's value.
+                # Ray skips the searcher for the result that stops a trial; report it here, since
+                # Optuna takes the last intermediate value as a pruned trial's value.
+                epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+                if epoch not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+                    ot_trial.report(float(value), epoch)
                 self._ot_study.tell(ot_trial, state=OptunaTrialState.PRUNED)
             else:
                 self._ot_study.tell(ot_trial, float(value), state=OptunaTrialState.COMPLETE)
@@ -197,7 +201,7 @@ class ProgressCallback:
         self.planned = planned_trials
         self.max_epochs = max_epochs
         self.metric, self.mode = metric, mode
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: whatever sys.stdout is when printing (Tune pickles callbacks)
         self.interval = interval
         self.start = time.time()
         self.last_print = 0.0
@@ -253,7 +257,7 @@ class ProgressCallback:
 
     def _print(self, line: str):
         self.last_print = time.time()
-        print(line, file=self.stream, flush=True)
+        print(line, file=self.stream or sys.stdout, flush=True)
 
 
 def _clock(seconds: float) -> str:
@@ -422,7 +426,10 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     import logging
 
     if not ray.is_initialized():
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=opts.verbose,
+        # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
+        # instance rather than attaching to whatever cluster happens to run on this machine.
+        address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
                  logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=data, teacher=teacher, base=base, study_meta=study_meta),

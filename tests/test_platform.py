@@ -1,0 +1,198 @@
+"""End to end through real Ray Tune, a real Optuna study and a real MLflow sqlite store."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from icd_tune.runner import RunOptions, run_study
+from icd_tune.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: {name}
+student: resnet8
+teacher: {{arch: resnet8, optim: {{epochs: 1, batch_size: 32}}}}
+data: {{name: synthetic, num_train: 240, num_test: 40, num_classes: 4, val_fraction: 0.2}}
+loss: {{feat_dim: 16, kd_weight: 1.0}}
+optim: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
+max_steps_per_epoch: {steps}
+device: cpu
+cpus_per_trial: 1
+checkpoint_every: 1
+"""
+
+
+def study_file(tmp_path, name, body, epochs=2, steps=2):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(TINY.format(name=name, epochs=epochs, steps=steps)) + textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def mlflow_client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def test_grid_study_logs_one_child_run_per_trial(tmp_path, ray_session):
+    path = study_file(tmp_path, "grid", """
+    mode: grid
+    grid:
+      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
+    baseline: 0.0
+    seeds: [0, 1]
+    """)
+    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    client = mlflow_client(out["tracking_uri"])
+    experiment = client.get_experiment(out["experiment_id"])
+    assert experiment.name == "grid"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([out["experiment_id"]])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
+    assert len(parents) == 1 and parents[0].info.run_name == "grid"
+    assert sorted(r.info.run_name for r in children) == [
+        "invariance_weight=0.0 seed=0", "invariance_weight=0.0 seed=1",
+        "invariance_weight=0.5 seed=0", "invariance_weight=0.5 seed=1"]
+    for run in children:
+        level = run.info.run_name.split()[0].split("=")[1]
+        assert float(run.data.params["loss.invariance_weight"]) == float(level)
+        assert run.data.params["optim.epochs"] == "2" and run.data.params["student"] == "resnet8"
+        assert run.info.status == "FINISHED" and run.data.tags["icd_tune.end"] == "completed"
+        assert run.data.tags["ray.node_ip"] == "127.0.0.1"
+        assert "version.torch" in run.data.tags and "icd_tune.trial_id" in run.data.tags
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")]
+        assert steps == [1, 2]
+        assert len(client.get_metric_history(run.info.run_id, "train/loss_invariance")) == 2
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert "best/val/acc1" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    assert {"report.txt", "trials.parquet", "history.parquet", "learning_curves.png",
+            "factor_invariance_weight.png"} <= artifacts
+    folder = out["run_folder"]
+    assert pq.read_table(folder / "trials.parquet").num_rows == 4
+    assert pq.read_table(folder / "history.parquet").num_rows == 8
+    assert "diff vs 0" in out["report"]
+
+
+def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, ray_session):
+    import optuna
+
+    path = study_file(tmp_path, "search", """
+    mode: search
+    search:
+      space:
+        loss.invariance_weight: {type: uniform, low: 0.0, high: 2.0}
+        optim.lr: {type: loguniform, low: 0.001, high: 0.2}
+      num_samples: 8
+      seed: 3
+    asha: {enabled: true, grace_period: 1, reduction_factor: 2}
+    max_concurrent: 2
+    seeds: [0]
+    """, epochs=4, steps=1)
+    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    stopped = [t for t in out["trials"] if t["status"] == "stopped"]
+    completed = [t for t in out["trials"] if t["status"] == "completed"]
+    assert len(out["trials"]) == 8
+    assert stopped, "ASHA stopped no trial"
+    storage = f"sqlite:///{out['run_folder'] / 'optuna.db'}"
+    ot = optuna.load_study(study_name="search", storage=storage)
+    states = [t.state for t in ot.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(completed)
+    for t in ot.trials:
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert t.intermediate_values and max(t.intermediate_values) < 4  # stopped before the budget
+            assert t.value is not None  # recorded with its last value
+    client = mlflow_client(out["tracking_uri"])
+    ends = [r.data.tags["icd_tune.end"] for r in client.search_runs([out["experiment_id"]])
+            if "mlflow.parentRunId" in r.data.tags]
+    assert sum(e.startswith("stopped early at epoch") for e in ends) == len(stopped)
+
+
+def test_smoke_runs_one_short_trial(tmp_path, ray_session):
+    path = study_file(tmp_path, "smoke", """
+    mode: grid
+    grid:
+      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
+    seeds: [0, 1]
+    smoke: {epochs: 1, max_steps: 2, teacher_epochs: 1}
+    """, epochs=50, steps=50)
+    out = run_study(load_study(path), RunOptions(smoke=True, results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    assert len(out["trials"]) == 1
+    trial = out["trials"][0]
+    assert trial["name"] == "invariance_weight=0.0 seed=0" and trial["epochs"] == 1 and trial["status"] == "completed"
+
+
+def _count_runs(db: Path):
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("select r.run_uuid, r.status, (select count(*) from tags t where t.run_uuid = r.run_uuid "
+                           "and t.key = 'mlflow.parentRunId') from runs r").fetchall()
+        logged = con.execute("select count(*) from metrics where key = 'train/loss'").fetchone()[0]
+    finally:
+        con.close()
+    return rows, logged
+
+
+def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
+    path = study_file(tmp_path, "resume", """
+    mode: grid
+    grid:
+      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5, 1.0]}
+    seeds: [0]
+    max_concurrent: 1
+    """, epochs=4, steps=6)
+    results = tmp_path / "results"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = results / "resume" / "mlflow.db"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if db.exists():
+                try:
+                    rows, logged = _count_runs(db)
+                except sqlite3.OperationalError:
+                    continue
+                if logged >= 2:  # mid-study: some epochs logged, most still to come
+                    break
+        else:
+            pytest.fail("the study never logged an epoch")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rows_before, logged_before = _count_runs(db)
+    assert logged_before < 12
+    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows, logged = _count_runs(db)
+    parents = [r for r in rows if r[2] == 0]
+    children = [r for r in rows if r[2] == 1]
+    assert len(parents) == 1 and len(children) == 3
+    assert all(status == "FINISHED" for _, status, _ in rows)
+    assert logged == 12  # 3 trials x 4 epochs, each epoch logged exactly once
