@@ -81,11 +81,11 @@ class StudyTracker:
     """Owns the MLflow experiment and parent run; finds or creates child runs."""
 
     def __init__(self, tracking_uri: str, study_name: str, run_folder: str, artifact_root: str | None = None):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
+        # A client bound to this URI, not mlflow.set_tracking_uri: that exports MLFLOW_TRACKING_URI
+        # to every process started afterwards.
         self.tracking_uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:

@@ -165,12 +165,16 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
     max_concurrent: 1
     """, epochs=4, steps=6)
     results = tmp_path / "results"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # The study must start its own local Ray instance and use its own tracking store.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log_path = tmp_path / "first_run.log"
+    log_file = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)
     db = results / "resume" / "mlflow.db"
-    deadline = time.time() + 240
+    deadline = time.time() + 180
     try:
         while time.time() < deadline:
             time.sleep(0.5)
@@ -182,7 +186,7 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
                 if logged >= 2:  # mid-study: some epochs logged, most still to come
                     break
         else:
-            pytest.fail("the study never logged an epoch")
+            pytest.fail("the study never logged an epoch:\n" + log_path.read_text()[-3000:])
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
