@@ -64,12 +64,29 @@ def print_plan(study, out=None) -> None:
             print(f"# budget: {n} x {epochs} = {n * epochs} trial-epochs", file=out)
         for key, spec in study.space.items():
             print(f"  {key}: {spec}", file=out)
+    _print_cache_plan(study, out)
     teacher = study.base["teacher"]
     if teacher.get("checkpoint"):
         print(f"# teacher: {teacher['arch']} loaded from {teacher['checkpoint']}", file=out)
     else:
         print(f"# teacher: {teacher['arch']} trained once with cross-entropy for {teacher['optim']['epochs']} epochs "
               f"(cached and reused)", file=out)
+
+
+def _print_cache_plan(study, out) -> None:
+    from .data import num_classes, train_size
+    from .models import feature_dim
+    from .runner import cache_decision, planned_trial_epochs
+    from .teacher_cache import build_cost_teacher_epochs, cache_size_bytes
+
+    trial0 = study.trial_config(study.settings.seeds[0], study.first_point().overrides)
+    t = trial0.teacher
+    size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
+    enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),
+                                     num_classes(trial0.data))
+    print(f"# teacher-output cache: {'on' if enabled else 'off'} ({reason})", file=out)
+    print(f"#   size {size / 2**30:.2f} GiB ({t.cache_dtype}), build cost {build_cost_teacher_epochs()} teacher-epochs; "
+          f"the study runs {planned_trial_epochs(study)} trial-epochs", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def resolved_trial_dict(base: dict, point: TrialPoint) -> dict:
 # The trainable (runs in Ray workers)
 
 
-def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=None):
+def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=None, teacher_outputs=None):
     import torch
     from ray import tune
 
@@ -81,7 +81,7 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=N
     point = point_of(config, study_meta)
     cfg = TrialConfig.from_dict(resolved_trial_dict(base, point))
     torch.set_num_threads(max(1, int(study_meta.get("cpus_per_trial", 1))))
-    trainer = Trainer(cfg, data, teacher)
+    trainer = Trainer(cfg, data, teacher, teacher_outputs=teacher_outputs if cfg.loss.uses_teacher else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -313,6 +313,30 @@ class StudyRunError(RuntimeError):
     pass
 
 
+def planned_trial_epochs(study: Study) -> int:
+    return study.planned_trials() * study.max_epochs()
+
+
+def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_classes: int,
+                   smoke: bool = False) -> tuple[bool, str]:
+    """Whether this study reads the teacher's outputs from the exact cache, and why."""
+    from .teacher_cache import build_cost_teacher_epochs, cache_size_bytes, decide_cache
+
+    setting = trial0.teacher.cache
+    size = cache_size_bytes(num_train, feature_dim, num_classes, trial0.teacher.cache_dtype)
+    enabled, reason = decide_cache(setting, trial0.data.augment, size, trial0.teacher.cache_memory_budget_gb)
+    if enabled and setting == "auto":
+        cost = build_cost_teacher_epochs()
+        planned = planned_trial_epochs(study)
+        if smoke:
+            return False, "off for a smoke run (teacher.cache: on forces it)"
+        if planned < cost:
+            # Building costs 162 teacher-epochs; a study that runs fewer trial-epochs pays more than it saves
+            return False, (f"off: this study runs {planned} trial-epochs, fewer than the {cost} teacher-epochs "
+                           f"building it costs (set teacher.cache: on to build it anyway)")
+    return enabled, reason
+
+
 def _latest_run_folder(study_root: Path) -> Path | None:
     candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE))
     return candidates[-1].parent if candidates else None
@@ -394,6 +418,18 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
                                             callback=lambda m: log(f"  teacher epoch {m['epoch']}: test/acc1 {m.get('test/acc1', float('nan')):.2f}"))
         teacher = teacher.cpu().eval()
     del data_cfg_trial
+    teacher_outputs = None
+    if teacher is not None:
+        enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
+                                         data.num_classes, smoke=opts.smoke)
+        log(f"teacher-output cache: {reason}")
+        if enabled:
+            from .teacher_cache import CachedTeacher, get_or_build_cache
+
+            cache = get_or_build_cache(teacher, data, teacher_dir, dtype=trial0.teacher.cache_dtype,
+                                       device="cuda" if gpus and trial0.device != "cpu" else "cpu", log=log)
+            teacher_outputs = CachedTeacher(cache)
+            teacher_info["output_cache"] = str(cache.path)
 
     tracker = StudyTracker(tracking_uri, study.name + ("-smoke" if opts.smoke else ""), str(run_folder))
     tags = common_tags()
@@ -432,7 +468,8 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
         ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
                  logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
     trainable = tune.with_resources(
-        tune.with_parameters(icd_trainable, data=data, teacher=teacher, base=base, study_meta=study_meta),
+        tune.with_parameters(icd_trainable, data=data, teacher=teacher, base=base, study_meta=study_meta,
+                             teacher_outputs=teacher_outputs),
         {"cpu": cpus, "gpu": gpus})
 
     scheduler = None

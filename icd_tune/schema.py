@@ -81,6 +81,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         # Compare types too: YAML's `true` must not match a literal 1.
         if any(type(a) is type(value) and a == value for a in get_args(tp)):
             return value
+        # YAML 1.1 reads a bare on/off as a boolean; take it back where the setting means on/off.
+        if isinstance(value, bool) and {"on", "off"} <= set(get_args(tp)):
+            return "on" if value else "off"
         raise ConfigError(f"bad value {value!r}{suggest(value, [str(a) for a in get_args(tp)])}", path)
     if origin in (Union, types.UnionType):
         options = get_args(tp)

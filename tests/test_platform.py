@@ -200,3 +200,22 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
     assert len(parents) == 1 and len(children) == 3
     assert all(status == "FINISHED" for _, status, _ in rows)
     assert logged == 12  # 3 trials x 4 epochs, each epoch logged exactly once
+
+
+def test_study_reads_teacher_outputs_from_the_cache(tmp_path, ray_session):
+    path = study_file(tmp_path, "cached", """
+    teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 16}, cache: on, cache_dtype: float32}
+    data: {name: synthetic, num_train: 60, num_test: 20, num_classes: 4, val_fraction: 0.2}
+    optim: {epochs: 2, batch_size: 16, lr: 0.05}
+    mode: grid
+    grid:
+      kd_weight: {key: loss.kd_weight, levels: [1.0]}
+    seeds: [0]
+    """)
+    logs = []
+    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=logs.append)
+    assert any(str(m).startswith("teacher-output cache: cache on") for m in logs)
+    caches = list((tmp_path / "results" / "teachers").glob("outputs-*.bin"))
+    assert len(caches) == 1 and caches[0].stat().st_size == 48 * 162 * (64 + 4) * 4
+    assert [t["status"] for t in out["trials"]] == ["completed"]
+    assert out["trials"][0]["final"]["train/loss_kd"] > 0
