@@ -86,12 +86,16 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=N
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
     metric = study_meta["metric"]
     every = int(study_meta.get("checkpoint_every", 1))
     last_value = None
     try:
         for metrics in trainer.epochs():
             # Schedulers and searchers need the metric in every result, also on epochs without evaluation.
+            metrics["trial/node_id"] = node_id
             if metric in metrics:
                 last_value = metrics[metric]
             elif last_value is not None:
@@ -106,8 +110,8 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=N
         # Divergence is deterministic: report it as this trial's end instead of raising, which
         # would make Ray retry the same computation.
         final = {"epoch": err.epoch, "trial/diverged": 1.0, "trial/error": str(err)}
-        if last_value is not None:
-            final[metric] = last_value
+        # Tune insists on the metric in every result; NaN marks "no value" for the searcher and scheduler.
+        final[metric] = last_value if last_value is not None else float("nan")
         tune.report(final)
 
 
@@ -309,8 +313,7 @@ def trial_records(result_grid, describe, max_epochs: int) -> tuple[list[dict], l
 # The study run
 
 
-class StudyRunError(RuntimeError):
-    pass
+from .preflight import StudyRunError  # noqa: E402  (re-exported: the CLI catches it from here)
 
 
 def planned_trial_epochs(study: Study) -> int:
@@ -340,6 +343,12 @@ def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_c
 def _latest_run_folder(study_root: Path) -> Path | None:
     candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE))
     return candidates[-1].parent if candidates else None
+
+
+def _cluster_hosts() -> set[str]:
+    import ray
+
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
 
 
 def check_writable(folder: Path) -> None:
@@ -391,10 +400,40 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
         stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
         run_folder = study_root / stamp
         state = {}
-    check_writable(run_folder)
     storage_path = opts.storage or state.get("storage") or str(run_folder / "ray")
     tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
                     or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
+
+    # Everything that can be checked up front is, before anything is written.
+    from .config import TrialConfig
+    from .data import train_size
+    from .preflight import (check_experiment_storage, check_folder_writable, check_free_space,
+                            check_tracking_store, estimate_disk_bytes)
+
+    trial0 = TrialConfig.from_dict(resolved_trial_dict(base, points[0] if points else study.first_point()))
+    if trial0.teacher.checkpoint:
+        from .data import num_classes as dataset_classes
+        from .teachers import load_teacher_checkpoint
+
+        load_teacher_checkpoint(trial0.teacher.checkpoint, trial0.teacher.arch, dataset_classes(trial0.data))
+    data = load_data(trial0.data)  # a missing dataset fails here, before anything is written
+    check_folder_writable(run_folder, "results folder")
+    check_tracking_store(tracking_uri)
+    check_free_space(run_folder, max(int(settings.min_free_gb * 2**30),
+                                     estimate_disk_bytes(study, trial0, train_size(trial0.data))))
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import logging
+
+    if not ray.is_initialized():
+        # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
+        # instance rather than attaching to whatever cluster happens to run on this machine.
+        address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
+                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
+    hosts = _cluster_hosts()
+    check_experiment_storage(storage_path, hosts)
+    check_writable(run_folder)
     state.update({"study": study.name, "source": study.source, "storage": storage_path, "tracking_uri": tracking_uri,
                   "smoke": opts.smoke, "status": "running"})
     log(f"study '{study.name}': {len(points) if points else settings.search.num_samples} trials, "
@@ -402,11 +441,6 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     log(f"MLflow tracking URI: {tracking_uri}")
 
     # Data and teacher on the driver; they reach the trials through Ray's object store.
-    data_cfg_trial = study.trial_config(settings.seeds[0], (points[0].overrides if points else {}))
-    from .config import TrialConfig
-
-    trial0 = TrialConfig.from_dict(resolved_trial_dict(base, points[0] if points else study.first_point()))
-    data = load_data(trial0.data)
     needs_teacher = any(
         TrialConfig.from_dict(resolved_trial_dict(base, p)).loss.uses_teacher for p in (points or [study.first_point()])
     ) or settings.mode == "search"
@@ -417,11 +451,13 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
                                             cache_dir=teacher_dir, log=lambda m: log(m),
                                             callback=lambda m: log(f"  teacher epoch {m['epoch']}: test/acc1 {m.get('test/acc1', float('nan')):.2f}"))
         teacher = teacher.cpu().eval()
-    del data_cfg_trial
     teacher_outputs = None
     if teacher is not None:
         enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
                                          data.num_classes, smoke=opts.smoke)
+        if enabled and len(hosts) > 1:
+            # The cache file lives on this node; other hosts would have to build their own copy.
+            enabled, reason = False, f"off: the cluster spans {len(hosts)} hosts and the cache is built on this one"
         log(f"teacher-output cache: {reason}")
         if enabled:
             from .teacher_cache import CachedTeacher, get_or_build_cache
@@ -455,18 +491,8 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
                                 settings.metric, settings.metric_mode)
     progress.describe = describe
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # num_to_keep forces experiment snapshots; on small, fast trials Ray warns about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import logging
-
-    if not ray.is_initialized():
-        # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
-        # instance rather than attaching to whatever cluster happens to run on this machine.
-        address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
-                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=data, teacher=teacher, base=base, study_meta=study_meta,
                              teacher_outputs=teacher_outputs),

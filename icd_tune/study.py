@@ -93,6 +93,8 @@ class StudySettings:
     gpus_per_trial: float = 0.0
     max_concurrent: Optional[int] = None
     results_dir: str = "results"
+    # Refuse to start with less free disk than this (or than the study's own estimate).
+    min_free_gb: float = 1.0
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
 
     def validate(self, path: str) -> None:

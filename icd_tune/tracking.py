@@ -188,8 +188,8 @@ class MLflowTrialCallback(tune.Callback):
             tags.append(RunTag("ray.node_ip", str(result["node_ip"])))
         if result.get("hostname"):
             tags.append(RunTag("ray.hostname", str(result["hostname"])))
-        if result.get("node_id"):
-            tags.append(RunTag("ray.node_id", str(result["node_id"])))
+        if result.get("trial/node_id"):
+            tags.append(RunTag("ray.node_id", str(result["trial/node_id"])))
         self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.last_epoch[trial.trial_id] = epoch
 
