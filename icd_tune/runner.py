@@ -125,6 +125,14 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int):
     from ray.tune.search.optuna.optuna_search import OptunaTrialState
 
     class StudyOptunaSearch(OptunaSearch):
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            from importlib import metadata
+
+            # Recorded with the study: TPE's defaults change between Optuna releases.
+            self._ot_study.set_user_attr("optuna_version", optuna.__version__)
+            self._ot_study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
+
         def on_trial_result(self, trial_id, result):
             if self.metric in result and trial_id not in self._completed_trials:
                 value = result[self.metric]
@@ -400,7 +408,9 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
         stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
         run_folder = study_root / stamp
         state = {}
-    storage_path = opts.storage or state.get("storage") or str(run_folder / "ray")
+    # One experiment folder per invocation, also under shared storage, so studies never collide.
+    storage_path = state.get("storage") or (
+        f"{opts.storage.rstrip('/')}/{study.name}/{run_folder.name}" if opts.storage else str(run_folder / "ray"))
     tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
                     or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
 

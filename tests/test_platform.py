@@ -219,3 +219,56 @@ def test_study_reads_teacher_outputs_from_the_cache(tmp_path, ray_session):
     assert len(caches) == 1 and caches[0].stat().st_size == 48 * 162 * (64 + 4) * 4
     assert [t["status"] for t in out["trials"]] == ["completed"]
     assert out["trials"][0]["final"]["train/loss_kd"] > 0
+
+
+def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path):
+    import optuna
+
+    path = study_file(tmp_path, "search_resume", """
+    mode: search
+    search:
+      space:
+        loss.invariance_weight: {type: uniform, low: 0.0, high: 2.0}
+      num_samples: 4
+      seed: 0
+    max_concurrent: 1
+    seeds: [0]
+    """, epochs=3, steps=6)
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = results / "search_resume" / "mlflow.db"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                _, logged = _count_runs(db) if db.exists() else ([], 0)
+            except sqlite3.OperationalError:
+                continue
+            if logged >= 4:  # past the first trial, before the last
+                break
+        else:
+            pytest.fail("the search never got going")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    folder = next((results / "search_resume").glob("2*"))
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    before = optuna.load_study(study_name="search_resume", storage=storage)
+    started_before = len(before.trials)
+    assert 1 <= started_before < 4
+    assert before.user_attrs["optuna_version"] == optuna.__version__
+    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = optuna.load_study(study_name="search_resume", storage=storage)
+    # The same study continued: its earlier trials kept, no fresh study, no extra samples.
+    assert [t.params for t in after.trials[:started_before - 1]] == [t.params for t in before.trials[:started_before - 1]]
+    assert len(after.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in after.trials)
+    rows, logged = _count_runs(db)
+    assert len([r for r in rows if r[2] == 0]) == 1 and len([r for r in rows if r[2] == 1]) == 4
+    assert logged == 12
