@@ -34,6 +34,7 @@ optim: {{epochs: {epochs}, batch_size: 64, lr: 0.05}}
 device: cpu
 cpus_per_trial: {threads}
 max_concurrent: 1
+checkpoint_every: {every}
 mode: grid
 grid:
   invariance_weight: {{key: loss.invariance_weight, levels: {levels}}}
@@ -46,6 +47,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (study setting)")
     args = parser.parse_args()
 
     import ray
@@ -60,7 +62,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="icd_overhead_"))
     levels = [round(0.5 * i, 2) for i in range(args.trials)]
     path = work / "overhead.yaml"
-    path.write_text(textwrap.dedent(STUDY.format(epochs=args.epochs, threads=args.threads, levels=levels)))
+    path.write_text(textwrap.dedent(STUDY.format(epochs=args.epochs, threads=args.threads, levels=levels, every=args.checkpoint_every)))
     study = load_study(path)
     results = work / "results"
 

@@ -77,16 +77,20 @@ def encode_variant(oy: int, ox: int, flip: int) -> int:
 
 def augment(images: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
     """Crops and flips a uint8 batch (B, C, 32, 32) by variant index, in one gather."""
-    b, c, h, w = images.shape
+    b = images.shape[0]
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
     oy, ox, flip = decode_variant(variants.to(images.device))
-    ar = torch.arange(SIZE, device=images.device)
-    rows = oy[:, None] + ar[None, :]
-    # A flipped crop reads its columns right to left: fold the flip into the gather.
-    cols = torch.where(flip[:, None].bool(), ox[:, None] + (SIZE - 1 - ar)[None, :], ox[:, None] + ar[None, :])
-    bi = torch.arange(b, device=images.device)[:, None, None, None]
-    ci = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    # Strides cannot run backwards, so flipped samples read from a mirrored copy of the
+    # padded batch instead. The crop at column ox of an image, mirrored, is the crop at
+    # 2 * PAD - ox of the mirrored padded image.
+    both = torch.cat([padded, padded.flip(-1)])
+    source = torch.arange(b, device=images.device) + b * flip
+    ox = torch.where(flip.bool(), 2 * PAD - ox, ox)
+    # Every 32x32 window as a view (2B, C, 9, 9, 32, 32): each sample then needs three
+    # scalar indices, not a (C, 32, 32) block of computed row/column offsets, which is
+    # what made the gather about 4x slower on the CPU.
+    windows = both.unfold(2, SIZE, 1).unfold(3, SIZE, 1)
+    return windows[source, :, oy, ox]
 
 
 class Normalizer:

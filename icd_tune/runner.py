@@ -535,7 +535,7 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     tune_config = TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
         max_concurrent_trials=opts.max_concurrent or settings.max_concurrent,
-        trial_dirname_creator=lambda t: t.trial_id)
+        trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True)
     experiment_path = str(Path(storage_path) / "tune") if "://" not in storage_path else storage_path.rstrip("/") + "/tune"
     started = time.time()
     try:

@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""CPU time and peak memory of one training step: CE, KD, ICD (batch negatives), ICD (memory negatives).
+
+Teacher resnet32x4 -> student resnet8x4, batch 64, 100 classes, on synthetic
+data sized like CIFAR-100's training split (50,000 images less a 10% validation
+share = 45,000). Every configuration is built through the real code
+(``TrialConfig`` -> ``Trainer``) and one step is what ``Trainer.train_epoch``
+does: ``forward_train``, the weighted sum of the terms, ``zero_grad``,
+``backward``, ``optimizer.step``. Fetching the batch is not timed
+(``bench/data_pipeline.py`` measures that).
+
+Targets: ICD-batch <= 1.05x KD; ICD-memory (K=16384) <= 1.10x KD and at most
+100 MiB more peak memory than KD. For scale: a CRD-style memory bank that
+gathers 16384 negatives *per anchor* (two 64 x 16385 x 128 tensors per step)
+measured 2.1x KD and +1.1 GiB on this machine; ICD draws one set of K
+negatives shared by the whole batch, i.e. two K x 128 gathers.
+
+Time
+  All four trainers live in this process and are stepped round-robin, one step
+  each in turn (the starting configuration rotates every cycle), so drift in
+  machine load hits every configuration alike. They share one process on
+  purpose: with a process each, ICD-memory once came out 6% faster than KD,
+  most likely because glibc's malloc adapts its mmap threshold to what each
+  process frees and so gave the processes different page-fault costs. Per-step wall clock (CPU execution is
+  synchronous). Reported: the median over all timed steps; ``x KD``, the median
+  over cycles of (this configuration's step / KD's step in the same cycle),
+  which is what the targets check; and for reference the ratio per round
+  (median of a configuration's steps / median of KD's in that round).
+
+Memory, each configuration in a fresh subprocess (``--memory-steps`` steps):
+  * RSS: Linux VmHWM, the high-water mark ``getrusage().ru_maxrss`` reports. It is
+    reset through /proc/self/clear_refs after building the trainer, so loading
+    data and building models cannot hide the steps' peak.
+    ``step`` = peak - RSS after building the trainer (activations, gradients,
+    optimizer state, per-step gathers); ``+state`` = peak - RSS after loading
+    the data, which adds the models, heads and memory banks. RSS includes what
+    the allocator keeps mapped after frees, so it varies by tens of MiB between
+    runs and configurations.
+  * live tensors: peak bytes of live tensors during one profiled step
+    (``torch.profiler`` memory timeline, a private API; skipped if it fails),
+    exact and independent of the allocator. It counts every tensor the step
+    touches, memory banks included.
+
+    python bench/step_time.py             # full run, 3-3.5 minutes on 2 quiet cores
+    python bench/step_time.py --quick     # tiny models, ~35 s: checks the script, measures nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CONFIGS = {
+    "CE": {"kd_weight": 0.0, "contrastive_weight": 0.0, "invariance_weight": 0.0},
+    "KD": {"kd_weight": 1.0, "contrastive_weight": 0.0, "invariance_weight": 0.0},
+    "ICD-batch": {"kd_weight": 0.0, "contrastive_weight": 1.0, "invariance_weight": 0.5,
+                  "negatives": {"source": "batch"}},
+    "ICD-memory": {"kd_weight": 0.0, "contrastive_weight": 1.0, "invariance_weight": 0.5,
+                   "negatives": {"source": "memory"}},  # count comes from --negatives
+}
+
+TIME_TARGETS = {"ICD-batch": 1.05, "ICD-memory": 1.10}
+MEMORY_TARGET_MIB = {"ICD-memory": 100.0}
+
+MIB = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------
+# One configuration's trainer and step
+
+
+class Config:
+    def __init__(self, name: str, args, data):
+        from icd_tune.config import TrialConfig
+        from icd_tune.models import create_model
+        from icd_tune.train import Trainer
+
+        loss = dict(CONFIGS[name])
+        if "negatives" in loss:
+            loss["negatives"] = dict(loss["negatives"], count=args.negatives)
+        cfg = TrialConfig.from_dict({
+            "student": args.student,
+            "teacher": {"arch": args.teacher},
+            "data": {"name": "synthetic", "num_classes": data.num_classes},
+            "loss": loss,
+            "optim": {"batch_size": args.batch_size},
+            "device": "cpu",
+        })
+        teacher = create_model(args.teacher, data.num_classes) if cfg.loss.uses_teacher else None
+        self.name = name
+        self.trainer = Trainer(cfg, data, teacher, device="cpu")
+        self.weights = [(n, w) for n, w in self.trainer.distiller.weights.items() if w != 0]
+        self.trainer.distiller.train()
+        self._batches = iter(())
+
+    def next_batch(self):
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._batches = self.trainer.stream.epoch()
+            return next(self._batches)
+
+    def step(self, batch) -> None:
+        x, y, index, variant = batch
+        distiller, optimizer = self.trainer.distiller, self.trainer.optimizer
+        _, terms = distiller.forward_train(x, y, index, variant, self.trainer.negatives_generator)
+        loss = sum(w * terms[n] for n, w in self.weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed_step(self) -> float:
+        batch = self.next_batch()
+        start = time.perf_counter()
+        self.step(batch)
+        return time.perf_counter() - start
+
+
+def load_bundle(path: str):
+    import torch
+
+    from icd_tune.data import DataBundle
+
+    return DataBundle(**torch.load(path, weights_only=True))
+
+
+# ---------------------------------------------------------------------------
+# Memory, in a fresh process per configuration
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> bool:
+    """Sets the RSS high-water mark back to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def live_tensor_peak(config: Config) -> tuple[float | None, str | None]:
+    """(peak live tensor bytes over one step, from the profiler's memory timeline; why not, if not)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        batch = config.next_batch()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            config.step(batch)
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+        return float(max(sum(row) for row in sizes)), None
+    except Exception as err:  # a private API: report its absence, do not fail the benchmark
+        return None, f"{type(err).__name__}: {err}"
+
+
+def memory_worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    data = load_bundle(args.data_file)
+    rss_data = _status_kib("VmRSS") * 1024
+    config = Config(args.memory_worker, args, data)
+    rss_built = _status_kib("VmRSS") * 1024
+    peak_reset = reset_peak()
+    for _ in range(args.memory_steps):
+        config.step(config.next_batch())
+    peak = _status_kib("VmHWM") * 1024
+    # Profiled last: the profiler's own buffers must not count in the RSS peak.
+    live, live_error = live_tensor_peak(config) if args.profile_memory else (None, "--no-profile-memory")
+    print(json.dumps({"rss_data": rss_data, "rss_built": rss_built, "peak": peak, "peak_reset": peak_reset,
+                      "live_peak": live, "live_error": live_error}))
+
+
+def measure_memory(name: str, args, data_file: str) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", name, "--data-file", data_file,
+            "--student", args.student, "--teacher", args.teacher, "--batch-size", str(args.batch_size),
+            "--negatives", str(args.negatives), "--threads", str(args.threads),
+            "--memory-steps", str(args.memory_steps)]
+    if not args.profile_memory:
+        argv.append("--no-profile-memory")
+    # The profiler warns on stderr about blocks allocated before it started; shown only on failure.
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise RuntimeError(f"memory run for {name} failed with exit code {done.returncode}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["live_error"] and args.profile_memory:
+        print(f"memory {name}: live-tensor profile unavailable ({result['live_error']})")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Driver
+
+
+def _load() -> str:
+    # Other jobs share these cores; the load average tells a reader how busy the machine was.
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration before round 1")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--negatives", type=int, default=16384, help="K for ICD with memory negatives")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--num-images", type=int, default=50000, help="before the 10%% validation split")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--memory-steps", type=int, default=4, help="steps per configuration in the memory runs")
+    parser.add_argument("--no-profile-memory", dest="profile_memory", action="store_false",
+                        help="skip the live-tensor profile")
+    parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a sanity run in seconds")
+    parser.add_argument("--memory-worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--data-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_worker:
+        memory_worker(args)
+        return 0
+
+    if args.quick:
+        args.student, args.teacher = "resnet8", "resnet14"
+        args.num_images, args.num_classes, args.batch_size = 1200, 10, 16
+        args.negatives = min(args.negatives, 256)
+        args.steps, args.rounds, args.warmup, args.memory_steps = min(args.steps, 3), min(args.rounds, 2), 1, 2
+
+    import torch
+
+    from icd_tune.config import DataConfig
+    from icd_tune.data import load_data
+
+    torch.set_num_threads(args.threads)
+    print(f"step_time: {args.teacher} -> {args.student}, batch {args.batch_size}, {args.num_classes} classes, "
+          f"K={args.negatives} memory negatives, {args.threads} threads, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPU cores; load average {_load()}")
+    print(f"time: {args.warmup} warm-up + {args.rounds} rounds x {args.steps} timed steps per configuration, "
+          f"interleaved step by step; memory: {args.memory_steps} steps per configuration in a fresh process")
+    start = time.perf_counter()
+    data = load_data(DataConfig(name="synthetic", num_train=args.num_images, num_test=args.batch_size,
+                                num_classes=args.num_classes, val_fraction=0.1))
+    print(f"data: {data.num_train} synthetic training images ({time.perf_counter() - start:.1f}s)", flush=True)
+    names = list(CONFIGS)
+
+    with tempfile.TemporaryDirectory(prefix="icd_step_time_") as folder:
+        # Written once so the memory runs neither regenerate the data nor peak on
+        # the float noise that generating it needs.
+        data_file = os.path.join(folder, "data.pt")
+        torch.save(dataclasses.asdict(data), data_file)
+        memory = {}
+        for name in names:
+            memory[name] = measure_memory(name, args, data_file)
+            print(f"memory {name}: peak RSS {memory[name]['peak'] / MIB:.0f} MiB", flush=True)
+
+    configs = {n: Config(n, args, data) for n in names}
+    for config in configs.values():
+        for _ in range(args.warmup):
+            config.step(config.next_batch())
+    times = {n: [] for n in names}  # times[name][round] = step seconds
+    for r in range(args.rounds):
+        for n in names:
+            times[n].append([])
+        for i in range(args.steps):
+            shift = (r * args.steps + i) % len(names)
+            for n in names[shift:] + names[:shift]:
+                times[n][r].append(configs[n].timed_step())
+        line = ", ".join(f"{n} {1000 * statistics.median(times[n][r]):.0f}" for n in names)
+        print(f"round {r + 1}/{args.rounds}: median ms {line}", flush=True)
+    print(f"load average after: {_load()}")
+    report(names, times, memory)
+    return 0
+
+
+def report(names, times, memory) -> None:
+    kd_round = [statistics.median(t) for t in times["KD"]]
+    rows = {}
+    for n in names:
+        all_ms = [1000 * s for t in times[n] for s in t]
+        ratios = [statistics.median(t) / k for t, k in zip(times[n], kd_round)]
+        # Steps of one cycle ran within a couple of seconds of each other, so their
+        # ratio cancels load bursts longer than that; the median drops shorter ones.
+        paired = [a / b for t, k in zip(times[n], times["KD"]) for a, b in zip(t, k)]
+        m = memory[n]
+        rows[n] = {
+            "median": statistics.median(all_ms), "p10": _quantile(all_ms, 0.1), "p90": _quantile(all_ms, 0.9),
+            "ratio": statistics.median(paired), "rmin": min(ratios), "rmax": max(ratios),
+            "round_ratio": statistics.median(ratios),
+            "step": (m["peak"] - m["rss_built"]) / MIB, "state": (m["peak"] - m["rss_data"]) / MIB,
+            "peak": m["peak"] / MIB, "live": None if m["live_peak"] is None else m["live_peak"] / MIB,
+        }
+    kd = rows["KD"]
+    print()
+    print("time")
+    print(f"{'config':<11} {'median ms':>9} {'p10-p90 ms':>13} {'x KD':>6} {'per-round x KD: median':>23} {'range':>13}")
+    for n, r in rows.items():
+        print(f"{n:<11} {r['median']:>9.1f} {r['p10']:>6.0f}-{r['p90']:<6.0f} {r['ratio']:>6.3f} "
+              f"{r['round_ratio']:>23.3f} {r['rmin']:>6.3f}-{r['rmax']:<6.3f}")
+    print()
+    print("peak memory, MiB (RSS: fresh process per config; live tensors: profiled step)")
+    print(f"{'config':<11} {'RSS peak':>9} {'RSS step':>9} {'vs KD':>7} {'RSS +state':>11} {'vs KD':>7} "
+          f"{'live tensors':>13} {'vs KD':>7}")
+    for n, r in rows.items():
+        live = "n/a" if r["live"] is None else f"{r['live']:.1f}"
+        live_vs = "n/a" if r["live"] is None or kd["live"] is None else f"{r['live'] - kd['live']:+.1f}"
+        print(f"{n:<11} {r['peak']:>9.1f} {r['step']:>9.1f} {r['step'] - kd['step']:>+7.1f} {r['state']:>11.1f} "
+              f"{r['state'] - kd['state']:>+7.1f} {live:>13} {live_vs:>7}")
+    if not all(m["peak_reset"] for m in memory.values()):
+        print("note: /proc/self/clear_refs was not writable; RSS peaks include data loading and model building")
+    print()
+    for name, limit in TIME_TARGETS.items():
+        ratio = rows[name]["ratio"]
+        print(f"target {name} time <= {limit:.2f}x KD: {ratio:.3f}x  {'PASS' if ratio <= limit else 'FAIL'}")
+    for name, limit in MEMORY_TARGET_MIB.items():
+        r = rows[name]
+        checks = [("RSS step", r["step"] - kd["step"]), ("RSS +state", r["state"] - kd["state"])]
+        if r["live"] is not None and kd["live"] is not None:
+            checks.append(("live tensors", r["live"] - kd["live"]))
+        for label, extra in checks:
+            print(f"target {name} peak memory <= KD + {limit:.0f} MiB, {label}: {extra:+.1f} MiB  "
+                  f"{'PASS' if extra <= limit else 'FAIL'}")
+
+
+def _quantile(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
