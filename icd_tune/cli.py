@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_plan(study, out=None) -> None:
+def print_plan(study, out=None, on_cluster: bool = False) -> None:
     from .schema import to_dict
 
     out = out or sys.stdout
@@ -64,7 +64,7 @@ def print_plan(study, out=None) -> None:
             print(f"# budget: {n} x {epochs} = {n * epochs} trial-epochs", file=out)
         for key, spec in study.space.items():
             print(f"  {key}: {spec}", file=out)
-    _print_cache_plan(study, out)
+    _print_cache_plan(study, out, on_cluster)
     teacher = study.base["teacher"]
     if teacher.get("checkpoint"):
         print(f"# teacher: {teacher['arch']} loaded from {teacher['checkpoint']}", file=out)
@@ -73,7 +73,7 @@ def print_plan(study, out=None) -> None:
               f"(cached and reused)", file=out)
 
 
-def _print_cache_plan(study, out) -> None:
+def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
     from .data import num_classes, train_size
     from .models import feature_dim
     from .runner import cache_decision, planned_trial_epochs
@@ -84,6 +84,8 @@ def _print_cache_plan(study, out) -> None:
     size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
     enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),
                                      num_classes(trial0.data))
+    if enabled and on_cluster and t.cache == "auto":
+        enabled, reason = False, "off: the study runs on a Ray cluster and the cache would live on the driver's node only"
     print(f"# teacher-output cache: {'on' if enabled else 'off'} ({reason})", file=out)
     print(f"#   size {size / 2**30:.2f} GiB ({t.cache_dtype}), build cost {build_cost_teacher_epochs()} teacher-epochs; "
           f"the study runs {planned_trial_epochs(study)} trial-epochs", file=out)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print_plan(study)
+        print_plan(study, on_cluster=bool(args.address))
         return 0
 
     from .data import DataUnavailableError

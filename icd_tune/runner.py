@@ -348,9 +348,35 @@ def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_c
     return enabled, reason
 
 
-def _latest_run_folder(study_root: Path) -> Path | None:
-    candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE))
+def _latest_run_folder(study_root: Path, smoke: bool = False) -> Path | None:
+    # A smoke check run after a study must not be what `--resume` picks up, nor the reverse.
+    candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE) if p.parent.name.endswith("-smoke") == smoke)
     return candidates[-1].parent if candidates else None
+
+
+def _remote_teacher_training(trial0, data, cpus: float, gpus: int):
+    import ray
+
+    def train() -> object:
+        from .models import create_model
+
+        @ray.remote(num_cpus=cpus, num_gpus=gpus)
+        def train_on_worker(teacher_cfg, bundle, data_cfg):
+            import torch
+
+            from .teachers import train_teacher
+
+            torch.set_num_threads(max(1, int(cpus)))
+            model = train_teacher(teacher_cfg, bundle, data_cfg, device="auto")
+            return {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.final_metrics
+
+        state, final = ray.get(train_on_worker.remote(trial0.teacher, data, trial0.data))
+        model = create_model(trial0.teacher.arch, data.num_classes)
+        model.load_state_dict(state)
+        model.final_metrics = final
+        return model.eval()
+
+    return train
 
 
 def _cluster_hosts() -> set[str]:
@@ -400,7 +426,7 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     results_root = Path(opts.results_dir or settings.results_dir).expanduser().resolve()
     study_root = results_root / study.name
     if opts.resume:
-        run_folder = _latest_run_folder(study_root)
+        run_folder = _latest_run_folder(study_root, smoke=opts.smoke)
         if run_folder is None:
             raise StudyRunError(f"nothing to resume: no earlier run of '{study.name}' under {study_root}")
         state = json.loads((run_folder / STATE_FILE).read_text())
@@ -439,8 +465,11 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
         # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
         # instance rather than attaching to whatever cluster happens to run on this machine.
         address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
-                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
+                     logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
+        except Exception as err:  # ConnectionError, auth and version mismatches all land here
+            raise StudyRunError(f"cannot join the Ray cluster at {address}: {type(err).__name__}: {err}") from None
     hosts = _cluster_hosts()
     check_experiment_storage(storage_path, hosts)
     check_writable(run_folder)
@@ -457,17 +486,23 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     teacher, teacher_info = None, {"source": "none"}
     if needs_teacher:
         teacher_dir = trial0.teacher.cache_dir or str(results_root / "teachers")
+        train_fn = None
+        if gpus or opts.address:
+            # On a cluster the driver may sit on a CPU-only head: train where a trial would run.
+            train_fn = _remote_teacher_training(trial0, data, cpus, 1 if gpus else 0)
         teacher, teacher_info = get_teacher(trial0.teacher, data, trial0.data, device=trial0.device if gpus else "cpu",
-                                            cache_dir=teacher_dir, log=lambda m: log(m),
+                                            cache_dir=teacher_dir, log=lambda m: log(m), train_fn=train_fn,
                                             callback=lambda m: log(f"  teacher epoch {m['epoch']}: test/acc1 {m.get('test/acc1', float('nan')):.2f}"))
         teacher = teacher.cpu().eval()
     teacher_outputs = None
     if teacher is not None:
         enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
                                          data.num_classes, smoke=opts.smoke)
-        if enabled and len(hosts) > 1:
-            # The cache file lives on this node; other hosts would have to build their own copy.
-            enabled, reason = False, f"off: the cluster spans {len(hosts)} hosts and the cache is built on this one"
+        if enabled and trial0.teacher.cache == "auto" and (len(hosts) > 1 or opts.address):
+            # The cache file lives on this node; workers elsewhere (also ones an autoscaler adds
+            # later) could not read it.
+            enabled, reason = False, ("off: the study runs on a Ray cluster and the cache would live on this node "
+                                      "only (teacher.cache: on forces it where all nodes share this file system)")
         log(f"teacher-output cache: {reason}")
         if enabled:
             from .teacher_cache import CachedTeacher, get_or_build_cache

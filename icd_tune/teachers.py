@@ -114,7 +114,9 @@ def train_teacher(cfg: TeacherConfig, data: DataBundle, data_cfg, device: str = 
 
 def get_teacher(cfg: TeacherConfig, data: DataBundle, data_cfg, device: str = "auto",
                 cache_dir: str | Path | None = None, callback: Callable[[dict], None] | None = None,
-                log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+                log: Callable[[str], None] = print,
+                train_fn: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, dict]:
+    """``train_fn`` replaces the in-process training (e.g. a Ray task on a GPU node)."""
     """The study's teacher and a description of where it came from."""
     if cfg.checkpoint:
         model = load_teacher_checkpoint(cfg.checkpoint, cfg.arch, data.num_classes)
@@ -128,7 +130,10 @@ def get_teacher(cfg: TeacherConfig, data: DataBundle, data_cfg, device: str = "a
         except TeacherCheckpointError as err:
             log(f"teacher: cached file unusable ({err}); training again")
     log(f"teacher: training {cfg.arch} on {data.name} for {cfg.optim.epochs} epochs (cached at {path})")
-    model = train_teacher(cfg, data, dataclasses.replace(data_cfg), device, callback)
+    if train_fn is not None:
+        model = train_fn()
+    else:
+        model = train_teacher(cfg, data, dataclasses.replace(data_cfg), device, callback)
     meta = {"final_metrics": model.final_metrics, "recipe": to_dict(cfg)}
     save_teacher(model, path, cfg.arch, data.num_classes, meta)
     return model, {"source": "trained", "path": str(path.resolve()), "test_acc1": model.final_metrics.get("test/acc1")}

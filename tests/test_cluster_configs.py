@@ -136,8 +136,8 @@ def cli_problems(args: list[str], where: str, cluster: bool) -> list[str]:
             problems.append(f"{where}: a cluster run needs --address (e.g. auto)")
         if not ns.storage or urlparse(ns.storage).scheme not in ("s3", "gs"):
             problems.append(f"{where}: --storage must be an s3:// or gs:// URI every node can reach, got {ns.storage!r}")
-        if "teacher.cache=off" not in ns.set:
-            problems.append(f"{where}: a multi-node run needs --set teacher.cache=off (the cache file is node-local)")
+        if any(item.replace(" ", "") in ("teacher.cache=on", "teacher.cache=true") for item in ns.set):
+            problems.append(f"{where}: a multi-node run must not force the node-local teacher-output cache on")
     return problems
 
 

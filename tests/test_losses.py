@@ -78,13 +78,17 @@ def test_gradients_reach_heads_theta_and_bias():
     for source in ("batch", "memory"):
         cfg = LossConfig(feat_dim=8, negatives=NegativesConfig(source=source, count=10))
         head = ICDHead(5, 7, cfg, num_train=40, batch_size=4)
-        f_s, f_t = torch.randn(4, 5), torch.randn(4, 7)
+        g = torch.Generator().manual_seed(0)
+        f_s, f_t = torch.randn(4, 5, generator=g), torch.randn(4, 7, generator=g)
         index = torch.tensor([3, 17, 0, 39])
         c, inv = head(f_s, f_t, index, torch.Generator().manual_seed(0))
         (c + inv).backward()
-        for name, p in [("proj_s", head.proj_s.weight), ("proj_t", head.proj_t.weight),
-                        ("theta", head.theta), ("bias", head.bias)]:
+        for name, p in [("proj_s", head.proj_s.weight), ("proj_t", head.proj_t.weight), ("theta", head.theta)]:
             assert p.grad is not None and p.grad.abs().sum() > 0, (source, name)
+        # The bias is in the graph, but both terms are softmax-based and a shared shift of every
+        # logit leaves them unchanged, so its gradient is zero up to rounding.
+        assert head.bias.grad is not None, source
+        assert abs(head.bias.grad.item()) < 1e-5, source
 
 
 def test_fixed_temperature_and_learnable_cap():
