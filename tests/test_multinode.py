@@ -1,8 +1,6 @@
 """A real multi-node Ray cluster on this machine (a head and worker raylets, loopback only)."""
 
-import os
 import sqlite3
-import textwrap
 import threading
 import time
 
@@ -13,20 +11,11 @@ from icd_tune.study import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-TINY = """
-name: {name}
-student: resnet8
-teacher: {{arch: resnet8, optim: {{epochs: 1, batch_size: 32}}}}
-data: {{name: synthetic, num_train: 240, num_test: 40, num_classes: 4, val_fraction: 0.2}}
-loss: {{feat_dim: 16, kd_weight: 1.0}}
-optim: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
-max_steps_per_epoch: {steps}
-device: cpu
-cpus_per_trial: 1
+GRID = """
 max_retries: 3
 mode: grid
 grid:
-  invariance_weight: {{key: loss.invariance_weight, levels: [0.0, 0.5]}}
+  invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
 seeds: [0, 1]
 """
 
@@ -36,7 +25,6 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # The head takes no trials, so every trial runs on a worker node.
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1) for _ in range(3)]
@@ -54,10 +42,9 @@ def _children(out):
     return client, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
 
 
-def test_study_spreads_over_nodes(tmp_path, cluster):
+def test_study_spreads_over_nodes(tmp_path, tiny_study, cluster):
     c, workers = cluster
-    path = tmp_path / "multi.yaml"
-    path.write_text(textwrap.dedent(TINY.format(name="multi", epochs=2, steps=3)))
+    path = tiny_study("multi", GRID, epochs=2, steps=3)
     out = run_study(load_study(path), RunOptions(address=c.address, results_dir=str(tmp_path / "results")),
                     log=lambda *_: None)
     assert [t["status"] for t in out["trials"]] == ["completed"] * 4
@@ -68,10 +55,9 @@ def test_study_spreads_over_nodes(tmp_path, cluster):
     assert nodes <= worker_ids and len(nodes) >= 2
 
 
-def test_removed_worker_node_trials_are_rescheduled(tmp_path, cluster):
+def test_removed_worker_node_trials_are_rescheduled(tmp_path, tiny_study, cluster):
     c, workers = cluster
-    path = tmp_path / "lose_node.yaml"
-    path.write_text(textwrap.dedent(TINY.format(name="lose_node", epochs=6, steps=4)))
+    path = tiny_study("lose_node", GRID, epochs=6, steps=4)
     db = tmp_path / "results" / "lose_node" / "mlflow.db"
     removed = {}
 

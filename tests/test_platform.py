@@ -5,7 +5,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,35 +17,6 @@ from icd_tune.study import load_study
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-TINY = """
-name: {name}
-student: resnet8
-teacher: {{arch: resnet8, optim: {{epochs: 1, batch_size: 32}}}}
-data: {{name: synthetic, num_train: 240, num_test: 40, num_classes: 4, val_fraction: 0.2}}
-loss: {{feat_dim: 16, kd_weight: 1.0}}
-optim: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
-max_steps_per_epoch: {steps}
-device: cpu
-cpus_per_trial: 1
-checkpoint_every: 1
-"""
-
-
-def study_file(tmp_path, name, body, epochs=2, steps=2):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(TINY.format(name=name, epochs=epochs, steps=steps)) + textwrap.dedent(body))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
 
 def mlflow_client(uri):
     from mlflow.tracking import MlflowClient
@@ -54,8 +24,8 @@ def mlflow_client(uri):
     return MlflowClient(uri)
 
 
-def test_grid_study_logs_one_child_run_per_trial(tmp_path, ray_session):
-    path = study_file(tmp_path, "grid", """
+def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_session):
+    path = tiny_study("grid", """
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
@@ -96,10 +66,10 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, ray_session):
     assert "diff vs 0" in out["report"]
 
 
-def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, ray_session):
+def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):
     import optuna
 
-    path = study_file(tmp_path, "search", """
+    path = tiny_study("search", """
     mode: search
     search:
       space:
@@ -131,8 +101,8 @@ def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, ray_session)
     assert sum(e.startswith("stopped early at epoch") for e in ends) == len(stopped)
 
 
-def test_smoke_runs_one_short_trial(tmp_path, ray_session):
-    path = study_file(tmp_path, "smoke", """
+def test_smoke_runs_one_short_trial(tmp_path, tiny_study, ray_session):
+    path = tiny_study("smoke", """
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
@@ -156,8 +126,8 @@ def _count_runs(db: Path):
     return rows, logged
 
 
-def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
-    path = study_file(tmp_path, "resume", """
+def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tiny_study):
+    path = tiny_study("resume", """
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5, 1.0]}
@@ -202,8 +172,8 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path):
     assert logged == 12  # 3 trials x 4 epochs, each epoch logged exactly once
 
 
-def test_study_reads_teacher_outputs_from_the_cache(tmp_path, ray_session):
-    path = study_file(tmp_path, "cached", """
+def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_session):
+    path = tiny_study("cached", """
     teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 16}, cache: on, cache_dtype: float32}
     data: {name: synthetic, num_train: 60, num_test: 20, num_classes: 4, val_fraction: 0.2}
     optim: {epochs: 2, batch_size: 16, lr: 0.05}
@@ -221,10 +191,10 @@ def test_study_reads_teacher_outputs_from_the_cache(tmp_path, ray_session):
     assert out["trials"][0]["final"]["train/loss_kd"] > 0
 
 
-def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path):
+def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_study):
     import optuna
 
-    path = study_file(tmp_path, "search_resume", """
+    path = tiny_study("search_resume", """
     mode: search
     search:
       space:

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -20,34 +19,6 @@ from icd_tune.runner import RunOptions, run_study
 from icd_tune.study import load_study
 
 pytestmark = pytest.mark.slow
-
-TINY = """
-name: {name}
-student: resnet8
-teacher: {{arch: resnet8, optim: {{epochs: 1, batch_size: 32}}}}
-data: {{name: synthetic, num_train: 240, num_test: 40, num_classes: 4, val_fraction: 0.2}}
-loss: {{feat_dim: 16, kd_weight: 1.0}}
-optim: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
-max_steps_per_epoch: {steps}
-device: cpu
-cpus_per_trial: 1
-"""
-
-
-def study_file(tmp_path, name, body, epochs=2, steps=2):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(TINY.format(name=name, epochs=epochs, steps=steps)) + textwrap.dedent(body))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 class KillWorkerOnce(tune.Callback):
@@ -63,8 +34,8 @@ class KillWorkerOnce(tune.Callback):
             os.kill(self.killed_pid, signal.SIGKILL)
 
 
-def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path, ray_session):
-    path = study_file(tmp_path, "killed", """
+def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path, tiny_study, ray_session):
+    path = tiny_study("killed", """
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.5]}
@@ -105,10 +76,10 @@ def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path,
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [1, 2, 3, 4]
 
 
-def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, ray_session):
+def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_session):
     import optuna
 
-    path = study_file(tmp_path, "diverge", """
+    path = tiny_study("diverge", """
     mode: search
     search:
       space:
@@ -150,8 +121,8 @@ def _nothing_written(tmp_path, keep):
     return sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 
-def test_unwritable_results_folder_is_refused_up_front(tmp_path, capsys):
-    path = study_file(tmp_path, "unwritable", GOOD_BODY)
+def test_unwritable_results_folder_is_refused_up_front(tmp_path, tiny_study, capsys):
+    path = tiny_study("unwritable", GOOD_BODY)
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the results folder should go")
     assert main([str(path), "--results-dir", str(blocker / "results")]) == 2
@@ -160,8 +131,8 @@ def test_unwritable_results_folder_is_refused_up_front(tmp_path, capsys):
     assert _nothing_written(tmp_path, ["unwritable.yaml", "not_a_folder"])
 
 
-def test_unwritable_tracking_store_is_refused_up_front(tmp_path, capsys):
-    path = study_file(tmp_path, "tracking", GOOD_BODY)
+def test_unwritable_tracking_store_is_refused_up_front(tmp_path, tiny_study, capsys):
+    path = tiny_study("tracking", GOOD_BODY)
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     code = main([str(path), "--results-dir", str(tmp_path / "results"),
@@ -171,8 +142,8 @@ def test_unwritable_tracking_store_is_refused_up_front(tmp_path, capsys):
     assert _nothing_written(tmp_path, ["tracking.yaml", "blocker"])
 
 
-def test_unreachable_tracking_server_is_refused_up_front(tmp_path, capsys):
-    path = study_file(tmp_path, "server_down", GOOD_BODY)
+def test_unreachable_tracking_server_is_refused_up_front(tmp_path, tiny_study, capsys):
+    path = tiny_study("server_down", GOOD_BODY)
     port = _free_port()
     assert main([str(path), "--results-dir", str(tmp_path / "results"),
                  "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
@@ -180,8 +151,8 @@ def test_unreachable_tracking_server_is_refused_up_front(tmp_path, capsys):
     assert _nothing_written(tmp_path, ["server_down.yaml"])
 
 
-def test_full_disk_is_refused_up_front(tmp_path, capsys):
-    path = study_file(tmp_path, "disk", GOOD_BODY + "min_free_gb: 1.0e+9\n")
+def test_full_disk_is_refused_up_front(tmp_path, tiny_study, capsys):
+    path = tiny_study("disk", GOOD_BODY + "min_free_gb: 1.0e+9\n")
     assert main([str(path), "--results-dir", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
     assert "not enough disk space" in err and "GiB free on" in err
@@ -189,7 +160,7 @@ def test_full_disk_is_refused_up_front(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other_arch", "other_classes"])
-def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, capsys, case):
+def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, tiny_study, capsys, case):
     from icd_tune.models import create_model
 
     ckpt = tmp_path / "teacher.pth"
@@ -199,7 +170,7 @@ def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, capsys, cas
         torch.save({"model": create_model("resnet14", 4).state_dict()}, ckpt)
     elif case == "other_classes":
         torch.save({"model": create_model("resnet8", 10).state_dict()}, ckpt)
-    path = study_file(tmp_path, "teacher", GOOD_BODY)
+    path = tiny_study("teacher", GOOD_BODY)
     before = sorted(p.name for p in tmp_path.iterdir())
     code = main([str(path), "--results-dir", str(tmp_path / "results"), "--set", f"teacher.checkpoint={ckpt}"])
     assert code == 2
@@ -209,8 +180,8 @@ def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, capsys, cas
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_missing_cifar_exits_2_and_writes_nothing(tmp_path, capsys):
-    path = study_file(tmp_path, "cifar", GOOD_BODY + "data: {name: cifar100, download: false}\n")
+def test_missing_cifar_exits_2_and_writes_nothing(tmp_path, tiny_study, capsys):
+    path = tiny_study("cifar", GOOD_BODY + "data: {name: cifar100, download: false}\n")
     assert main([str(path), "--results-dir", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data")]) == 2
     assert "CIFAR-100 not found in" in capsys.readouterr().err
     assert _nothing_written(tmp_path, ["cifar.yaml"])
@@ -251,12 +222,12 @@ def mlflow_server(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_study_against_a_real_tracking_server_without_leaking_secrets(tmp_path, ray_session, mlflow_server,
+def test_study_against_a_real_tracking_server_without_leaking_secrets(tmp_path, tiny_study, ray_session, mlflow_server,
                                                                       monkeypatch, capsys):
     secret = "s3cr3t-token-do-not-log"
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", secret)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret + "-aws")
-    path = study_file(tmp_path, "served", """
+    path = tiny_study("served", """
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}

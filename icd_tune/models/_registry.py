@@ -38,3 +38,23 @@ def output(logits, features, with_features: bool):
     if with_features:
         return logits, features
     return logits
+
+
+def init_weights(model, linear_std: float | None = None, zero_linear_bias: bool = False) -> None:
+    """The zoo's initialisation: Kaiming fan-out convolutions, unit/zero BatchNorm, and optionally
+    N(0, linear_std) linear weights with zero bias."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0, linear_std)
+            if linear_std is not None or zero_linear_bias:
+                nn.init.zeros_(m.bias)

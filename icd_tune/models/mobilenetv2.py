@@ -12,7 +12,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from ._registry import output, register_model
+from ._registry import init_weights, output, register_model
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
@@ -93,15 +93,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         out = self.conv1(x)

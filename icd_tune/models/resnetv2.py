@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import output, register_model
+from ._registry import init_weights, output, register_model
 
 
 class Bottleneck(nn.Module):
@@ -58,12 +58,7 @@ class ResNetV2(nn.Module):
         self.feature_dim = 512 * block.expansion
         self.linear = nn.Linear(self.feature_dim, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         if zero_init_residual:
             # Start every residual branch as identity (Goyal et al., 2017).
             for m in self.modules():

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import output, register_model
+from ._registry import init_weights, output, register_model
 
 
 class BasicBlock(nn.Module):
@@ -68,14 +68,7 @@ class WideResNet(nn.Module):
         self.feature_dim = channels[3]
         self.fc = nn.Linear(channels[3], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, zero_linear_bias=True)
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         out = self.conv1(x)
