@@ -84,8 +84,8 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
     size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
     enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),
                                      num_classes(trial0.data))
-    if enabled and on_cluster and t.cache == "auto":
-        enabled, reason = False, "off: the study runs on a Ray cluster and the cache would live on the driver's node only"
+    if enabled and on_cluster:
+        reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
     print(f"# teacher-output cache: {'on' if enabled else 'off'} ({reason})", file=out)
     print(f"#   size {size / 2**30:.2f} GiB ({t.cache_dtype}), build cost {build_cost_teacher_epochs()} teacher-epochs; "
           f"the study runs {planned_trial_epochs(study)} trial-epochs", file=out)

@@ -81,7 +81,16 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=N
     point = point_of(config, study_meta)
     cfg = TrialConfig.from_dict(resolved_trial_dict(base, point))
     torch.set_num_threads(max(1, int(study_meta.get("cpus_per_trial", 1))))
-    trainer = Trainer(cfg, data, teacher, teacher_outputs=teacher_outputs if cfg.loss.uses_teacher else None)
+    outputs = None
+    if teacher_outputs is not None and cfg.loss.uses_teacher:
+        from .teacher_cache import CachedTeacher, get_or_build_cache
+        from .train import resolve_device
+
+        # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
+        cache = get_or_build_cache(teacher, data, teacher_outputs["dir"], dtype=teacher_outputs["dtype"],
+                                   device=resolve_device(cfg.device), log=print, progress=False)
+        outputs = CachedTeacher(cache)
+    trainer = Trainer(cfg, data, teacher, teacher_outputs=outputs)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -498,19 +507,19 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     if teacher is not None:
         enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
                                          data.num_classes, smoke=opts.smoke)
-        if enabled and trial0.teacher.cache == "auto" and (len(hosts) > 1 or opts.address):
-            # The cache file lives on this node; workers elsewhere (also ones an autoscaler adds
-            # later) could not read it.
-            enabled, reason = False, ("off: the study runs on a Ray cluster and the cache would live on this node "
-                                      "only (teacher.cache: on forces it where all nodes share this file system)")
+        on_cluster = len(hosts) > 1 or bool(opts.address)
+        if enabled and on_cluster:
+            reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
         log(f"teacher-output cache: {reason}")
         if enabled:
-            from .teacher_cache import CachedTeacher, get_or_build_cache
+            teacher_outputs = {"dir": str(Path(teacher_dir).resolve()), "dtype": trial0.teacher.cache_dtype}
+            if not on_cluster:
+                # Built here once, so that trials open it instead of queueing on the build lock.
+                from .teacher_cache import get_or_build_cache
 
-            cache = get_or_build_cache(teacher, data, teacher_dir, dtype=trial0.teacher.cache_dtype,
-                                       device="cuda" if gpus and trial0.device != "cpu" else "cpu", log=log)
-            teacher_outputs = CachedTeacher(cache)
-            teacher_info["output_cache"] = str(cache.path)
+                cache = get_or_build_cache(teacher, data, teacher_dir, dtype=trial0.teacher.cache_dtype,
+                                           device="cuda" if gpus and trial0.device != "cpu" else "cpu", log=log)
+                teacher_info["output_cache"] = str(cache.path)
 
     tracker = StudyTracker(tracking_uri, study.name + ("-smoke" if opts.smoke else ""), str(run_folder))
     tags = common_tags()

@@ -44,9 +44,14 @@ def _children(out):
 
 def test_study_spreads_over_nodes(tmp_path, tiny_study, cluster):
     c, workers = cluster
-    path = tiny_study("multi", GRID, epochs=2, steps=3)
+    path = tiny_study("multi", GRID + "teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 32}, cache: on}\n",
+                      epochs=2, steps=3)
+    logs = []
     out = run_study(load_study(path), RunOptions(address=c.address, results_dir=str(tmp_path / "results")),
-                    log=lambda *_: None)
+                    log=logs.append)
+    # The driver (a head without CPUs) builds no cache; the first trial on a node builds it there.
+    assert any("each node builds its own copy once" in str(m) for m in logs)
+    assert len(list((tmp_path / "results" / "teachers").glob("outputs-*.bin"))) == 1
     assert [t["status"] for t in out["trials"]] == ["completed"] * 4
     _, children = _children(out)
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
