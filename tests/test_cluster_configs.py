@@ -530,7 +530,7 @@ RAYJOB_BREAKAGES = {
     "local storage": lambda d: _set_entrypoint(d, "--storage s3://", "--storage /tmp/"),
     "no address": lambda d: _set_entrypoint(d, "--address auto", ""),
     "unknown CLI flag": lambda d: _set_entrypoint(d, "--address auto", "--address auto --num-nodes 2"),
-    "bad --set key": lambda d: _set_entrypoint(d, "teacher.cache=off", "teacher.cach=off"),
+    "bad --set key": lambda d: _set_entrypoint(d, "teacher.checkpoint=", "teacher.checkpiont="),
     "not the study runner": lambda d: _set_entrypoint(d, "run_ablation.py", "train.py"),
     "tracking server not defined": lambda d: _set_entrypoint(d, "http://mlflow:5000", "http://tracking:5000"),
     "cluster kept after the job": lambda d: _job(d).update(shutdownAfterJobFinishes=False),
