@@ -19,7 +19,6 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .config import TrialConfig
-from .data import num_classes as dataset_num_classes
 from .data import train_size
 from .losses import check_negative_count
 from .schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
@@ -470,9 +469,6 @@ def _validate_points(study: Study) -> None:
                 check_negative_count(cfg.loss.negatives.count, n, cfg.optim.batch_size)
             except ValueError as err:
                 raise ConfigError(f"{err} (in trial '{name}')", "loss.negatives.count") from None
-        if cfg.teacher.checkpoint is None and cfg.loss.uses_teacher:
-            pass
-    _ = dataset_num_classes  # classes are checked when a teacher checkpoint is loaded
 
 
 def study_summary(study: Study) -> dict:
