@@ -487,6 +487,7 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     log(f"study '{study.name}': {len(points) if points else settings.search.num_samples} trials, "
         f"up to {max_epochs} epochs each; results in {run_folder}")
     log(f"MLflow tracking URI: {tracking_uri}")
+    log(f"open the UI:  {ui_command(tracking_uri)}")
 
     # Data and teacher on the driver; they reach the trials through Ray's object store.
     needs_teacher = any(
