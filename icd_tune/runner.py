@@ -142,7 +142,16 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int):
             self._ot_study.set_user_attr("optuna_version", optuna.__version__)
             self._ot_study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
 
+        def _already_finished(self, trial_id) -> bool:
+            # After a killed driver resumes, Ray's snapshot can predate Optuna's record: a trial
+            # Optuna already closed may report again. Optuna refuses updates to it; skip them.
+            ot_trial = self._ot_trials[trial_id]
+            return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
         def on_trial_result(self, trial_id, result):
+            if trial_id in self._ot_trials and self._already_finished(trial_id):
+                self._completed_trials.add(trial_id)
+                return
             if self.metric in result and trial_id not in self._completed_trials:
                 value = result[self.metric]
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -150,6 +159,9 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int):
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            if self._already_finished(trial_id):
+                self._completed_trials.add(trial_id)
                 return
             ot_trial = self._ot_trials[trial_id]
             value = (result or {}).get(self.metric)

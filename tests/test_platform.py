@@ -254,3 +254,29 @@ def test_quickstart_smoke_from_the_command_line(tmp_path):
     assert "mlflow ui --host 127.0.0.1" in out.stdout and "/#/experiments/" in out.stdout
     folders = list((tmp_path / "results" / "quickstart").glob("*-smoke"))
     assert len(folders) == 1 and (folders[0] / "report.txt").exists()
+
+
+def test_searcher_ignores_trials_optuna_already_closed(tmp_path, tiny_study):
+    """After a killed driver resumes, Ray may replay a trial that Optuna had already closed."""
+    import optuna
+
+    from icd_tune.runner import make_searcher, search_domains
+
+    study = load_study(tiny_study("replay", """
+    mode: search
+    search:
+      space:
+        loss.invariance_weight: {type: uniform, low: 0.0, high: 2.0}
+      num_samples: 2
+    """, epochs=3))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(study, storage, max_epochs=3)
+    assert searcher.set_search_properties("val/acc1", "max", {"seed": 0, "params": search_domains(study)})
+    assert "params" in searcher.suggest("t1")
+    searcher.on_trial_result("t1", {"val/acc1": 40.0, "epoch": 2, "training_iteration": 2})
+    searcher.on_trial_complete("t1", {"val/acc1": 50.0, "epoch": 3})
+    searcher._completed_trials.discard("t1")  # the searcher state of an older snapshot
+    searcher.on_trial_result("t1", {"val/acc1": 51.0, "epoch": 3, "training_iteration": 3})
+    searcher.on_trial_complete("t1", {"val/acc1": 51.0, "epoch": 3})
+    (trial,) = optuna.load_study(study_name="replay", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 50.0
