@@ -83,9 +83,7 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
     t = trial0.teacher
     size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
     enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),
-                                     num_classes(trial0.data))
-    if enabled and on_cluster:
-        reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
+                                     num_classes(trial0.data), on_cluster=on_cluster)
     print(f"# teacher-output cache: {'on' if enabled else 'off'} ({reason})", file=out)
     print(f"#   size {size / 2**30:.2f} GiB ({t.cache_dtype}), build cost {build_cost_teacher_epochs()} teacher-epochs; "
           f"the study runs {planned_trial_epochs(study)} trial-epochs", file=out)

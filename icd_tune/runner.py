@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -141,6 +140,17 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int):
             # Recorded with the study: TPE's defaults change between Optuna releases.
             self._ot_study.set_user_attr("optuna_version", optuna.__version__)
             self._ot_study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
+
+        def restore(self, checkpoint_path):
+            super().restore(checkpoint_path)
+            # A driver killed between Optuna's ask() and Ray's next snapshot leaves an Optuna trial
+            # that no Ray trial will ever report to; close it so TPE and the dashboard do not wait on it.
+            known = {t._trial_id for t in self._ot_trials.values()}
+            for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if frozen._trial_id not in known:
+                    self._ot_study._storage.set_trial_user_attr(frozen._trial_id, "failure",
+                                                                "orphaned: its driver was interrupted before Ray recorded it")
+                    self._ot_study.tell(frozen.number, state=OptunaTrialState.FAIL)
 
         def _already_finished(self, trial_id) -> bool:
             # After a killed driver resumes, Ray's snapshot can predate Optuna's record: a trial
@@ -350,7 +360,7 @@ def planned_trial_epochs(study: Study) -> int:
 
 
 def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_classes: int,
-                   smoke: bool = False) -> tuple[bool, str]:
+                   smoke: bool = False, on_cluster: bool = False) -> tuple[bool, str]:
     """Whether this study reads the teacher's outputs from the exact cache, and why."""
     from .teacher_cache import build_cost_teacher_epochs, cache_size_bytes, decide_cache
 
@@ -366,6 +376,8 @@ def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_c
             # Building costs 162 teacher-epochs; a study that runs fewer trial-epochs pays more than it saves
             return False, (f"off: this study runs {planned} trial-epochs, fewer than the {cost} teacher-epochs "
                            f"building it costs (set teacher.cache: on to build it anyway)")
+    if enabled and on_cluster:
+        reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
     return enabled, reason
 
 
@@ -405,15 +417,6 @@ def _cluster_hosts() -> set[str]:
 
     return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
 
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_probe"
-        probe.write_bytes(b"x" * 1024)
-        probe.unlink()
-    except OSError as err:
-        raise StudyRunError(f"results folder {folder} is not writable: {err.strerror or err}") from None
 
 
 def run_study(study: Study, opts: RunOptions, log=print) -> dict:
@@ -493,7 +496,10 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
             raise StudyRunError(f"cannot join the Ray cluster at {address}: {type(err).__name__}: {err}") from None
     hosts = _cluster_hosts()
     check_experiment_storage(storage_path, hosts)
-    check_writable(run_folder)
+    try:
+        run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
+    except OSError as err:
+        raise StudyRunError(f"results folder {run_folder} cannot be created: {err.strerror or err}") from None
     state.update({"study": study.name, "source": study.source, "storage": storage_path, "tracking_uri": tracking_uri,
                   "smoke": opts.smoke, "status": "running"})
     log(f"study '{study.name}': {len(points) if points else settings.search.num_samples} trials, "
@@ -518,11 +524,9 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
         teacher = teacher.cpu().eval()
     teacher_outputs = None
     if teacher is not None:
-        enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
-                                         data.num_classes, smoke=opts.smoke)
         on_cluster = len(hosts) > 1 or bool(opts.address)
-        if enabled and on_cluster:
-            reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
+        enabled, reason = cache_decision(study, trial0, data.num_train, getattr(teacher, "feature_dim"),
+                                         data.num_classes, smoke=opts.smoke, on_cluster=on_cluster)
         log(f"teacher-output cache: {reason}")
         if enabled:
             teacher_outputs = {"dir": str(Path(teacher_dir).resolve()), "dtype": trial0.teacher.cache_dtype}
@@ -560,6 +564,10 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
 
     # num_to_keep forces experiment snapshots; on small, fast trials Ray warns about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state at every step of Tune's loop, so a trial is on disk before it
+    # starts: a driver killed in between would otherwise leave a started trial that --resume does
+    # not know (and re-samples), with a stray run in MLflow and Optuna.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=data, teacher=teacher, base=base, study_meta=study_meta,
                              teacher_outputs=teacher_outputs),
@@ -650,4 +658,4 @@ def _log_best(tracker, parent_id: str, trials: list[dict], metric: str, mode: st
     tracker.client.set_tag(parent_id, "icd_tune.best_trial", best["name"])
 
 
-__all__ = ["RunOptions", "run_study", "icd_trainable", "StudyRunError", "dataclasses"]
+__all__ = ["RunOptions", "run_study", "icd_trainable", "StudyRunError"]

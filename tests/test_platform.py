@@ -126,6 +126,35 @@ def _count_runs(db: Path):
     return rows, logged
 
 
+def run_then_kill(cmd, cwd, db: Path, min_logged: int, log_path: Path):
+    """Starts a study, SIGKILLs its whole process group once ``min_logged`` epochs are in MLflow.
+
+    Returns the environment used, so the ``--resume`` run sees the same one. The study must start
+    its own local Ray instance and use its own tracking store, whatever this process has.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 180
+        try:
+            while time.time() < deadline:
+                time.sleep(0.5)
+                try:
+                    _, logged = _count_runs(db) if db.exists() else ([], 0)
+                except sqlite3.OperationalError:
+                    continue
+                if logged >= min_logged:
+                    break
+            else:
+                pytest.fail("the study never got going:\n" + log_path.read_text()[-3000:])
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return env
+
+
 def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tiny_study):
     path = tiny_study("resume", """
     mode: grid
@@ -135,31 +164,10 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tiny_study):
     max_concurrent: 1
     """, epochs=4, steps=6)
     results = tmp_path / "results"
-    # The study must start its own local Ray instance and use its own tracking store.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
-    log_path = tmp_path / "first_run.log"
-    log_file = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
     db = results / "resume" / "mlflow.db"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            time.sleep(0.5)
-            if db.exists():
-                try:
-                    rows, logged = _count_runs(db)
-                except sqlite3.OperationalError:
-                    continue
-                if logged >= 2:  # mid-study: some epochs logged, most still to come
-                    break
-        else:
-            pytest.fail("the study never logged an epoch:\n" + log_path.read_text()[-3000:])
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # Mid-study: some epochs logged, most still to come.
+    env = run_then_kill(cmd, tmp_path, db, min_logged=2, log_path=tmp_path / "first_run.log")
     rows_before, logged_before = _count_runs(db)
     assert logged_before < 12
     out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
@@ -205,27 +213,10 @@ def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_stu
     seeds: [0]
     """, epochs=3, steps=6)
     results = tmp_path / "results"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     db = results / "search_resume" / "mlflow.db"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            time.sleep(0.5)
-            try:
-                _, logged = _count_runs(db) if db.exists() else ([], 0)
-            except sqlite3.OperationalError:
-                continue
-            if logged >= 4:  # past the first trial, before the last
-                break
-        else:
-            pytest.fail("the search never got going")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # Past the first trial, before the last.
+    env = run_then_kill(cmd, tmp_path, db, min_logged=4, log_path=tmp_path / "first_run.log")
     folder = next((results / "search_resume").glob("2*"))
     storage = f"sqlite:///{folder / 'optuna.db'}"
     before = optuna.load_study(study_name="search_resume", storage=storage)
@@ -237,8 +228,11 @@ def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_stu
     after = optuna.load_study(study_name="search_resume", storage=storage)
     # The same study continued: its earlier trials kept, no fresh study, no extra samples.
     assert [t.params for t in after.trials[:started_before - 1]] == [t.params for t in before.trials[:started_before - 1]]
-    assert len(after.trials) == 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in after.trials)
+    complete = [t for t in after.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    # A kill between Optuna's ask() and Ray's snapshot can leave one orphan, which resume closes as FAIL.
+    others = [t for t in after.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    assert all(t.state == optuna.trial.TrialState.FAIL and "orphaned" in t.user_attrs["failure"] for t in others)
     rows, logged = _count_runs(db)
     assert len([r for r in rows if r[2] == 0]) == 1 and len([r for r in rows if r[2] == 1]) == 4
     assert logged == 12
