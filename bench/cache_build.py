@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Teacher-output cache build cost per image-variant against the build's batch size.
 
-Runs ``teacher_cache.build_cache`` (the library's build: augment, normalise,
+Runs ``output_cache.build_cache`` (the library's build: augment, normalise,
 teacher forward, float16 rows written and hashed) over a few synthetic images,
 all 162 variants each, once per batch size in turn and rotating the order every
 round, so machine load drifts over all batch sizes alike. Reported: the median
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from icd_tune.config import DataConfig
-    from icd_tune.data import NUM_VARIANTS, load_data
-    from icd_tune.models import create_model
-    from icd_tune.teacher_cache import build_cache, cache_key
+    from icd_tune.method.config import DataConfig
+    from icd_tune.method.data import NUM_VARIANTS, load_data
+    from icd_tune.method.models import create_model
+    from icd_tune.method.output_cache import build_cache, cache_key
 
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig(name="synthetic", num_train=args.images, num_test=1, num_classes=args.num_classes,

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from icd_tune.data import CIFAR100_MEAN, CIFAR100_STD, Normalizer, TrainStream  # noqa: E402
+from icd_tune.method.data import CIFAR100_MEAN, CIFAR100_STD, Normalizer, TrainStream  # noqa: E402
 
 SPEEDUP_TARGET = 5.0
 STEP_SHARE_TARGET = 0.05
@@ -85,10 +85,10 @@ def time_batches(iterator, warmup: int, batches: int, batch_size: int) -> float:
 
 def measure_kd_step(images, labels, steps: int, batch_size: int) -> float:
     """Median ms of a KD step (resnet32x4 -> resnet8x4) through the real Trainer on these images."""
-    from icd_tune.config import TrialConfig
-    from icd_tune.data import DataBundle
-    from icd_tune.models import create_model
-    from icd_tune.train import Trainer
+    from icd_tune.method.config import TrialConfig
+    from icd_tune.method.data import DataBundle
+    from icd_tune.method.models import create_model
+    from icd_tune.method.train import Trainer
 
     n = images.shape[0]
     data = DataBundle("synthetic", images, labels, images[:0], labels[:0], images[:batch_size], labels[:batch_size],

@@ -107,9 +107,9 @@ MIB = 1024 * 1024
 
 class Config:
     def __init__(self, name: str, args, data, teacher_outputs=None):
-        from icd_tune.config import TrialConfig
-        from icd_tune.models import create_model
-        from icd_tune.train import Trainer
+        from icd_tune.method.config import TrialConfig
+        from icd_tune.method.models import create_model
+        from icd_tune.method.train import Trainer
 
         loss = dict(CONFIGS[name])
         if "negatives" in loss:
@@ -157,7 +157,7 @@ class Config:
 def load_bundle(path: str):
     import torch
 
-    from icd_tune.data import DataBundle
+    from icd_tune.method.data import DataBundle
 
     return DataBundle(**torch.load(path, weights_only=True))
 
@@ -210,7 +210,8 @@ def memory_worker(args) -> None:
     rss_data = _status_kib("VmRSS") * 1024
     teacher_outputs = None
     if args.memory_worker == CACHED:
-        from icd_tune.teacher_cache import CachedTeacher, open_cache
+        from icd_tune.method.output_cache import open_cache
+        from icd_tune.method.teacher_outputs import CachedTeacher
 
         teacher_outputs = CachedTeacher(open_cache(args.cache_file, args.cache_key))
     config = Config(args.memory_worker, args, data, teacher_outputs)
@@ -297,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from icd_tune.config import DataConfig
-    from icd_tune.data import load_data
+    from icd_tune.method.config import DataConfig
+    from icd_tune.method.data import load_data
 
     torch.set_num_threads(args.threads)
     print(f"step_time: {args.teacher} -> {args.student}, batch {args.batch_size}, {args.num_classes} classes, "
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {}
         for n in names:
             if n == CACHED:
-                from icd_tune.teacher_cache import CachedTeacher
+                from icd_tune.method.teacher_outputs import CachedTeacher
 
                 configs[n] = Config(n, args, cache_data, CachedTeacher(cache))
             else:
@@ -363,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_teacher_cache(args, folder: str):
     """(the cached trainer's data, the cache over it, build figures), built by the library's own path."""
-    from icd_tune.config import DataConfig
-    from icd_tune.data import NUM_VARIANTS, load_data
-    from icd_tune.models import create_model
-    from icd_tune.teacher_cache import get_or_build_cache
+    from icd_tune.method.config import DataConfig
+    from icd_tune.method.data import NUM_VARIANTS, load_data
+    from icd_tune.method.models import create_model
+    from icd_tune.method.output_cache import get_or_build_cache
 
     # No validation split, so the trainer's training set is exactly the images cached.
     data = load_data(DataConfig(name="synthetic", num_train=args.cache_images, num_test=args.batch_size,
@@ -449,8 +450,8 @@ def report(names, times, memory) -> None:
 
 
 def report_cache(args, times, cache, build, lookup, live_images: int) -> None:
-    from icd_tune.config import DataConfig, OptimConfig
-    from icd_tune.data import NUM_VARIANTS, train_size
+    from icd_tune.method.config import DataConfig, OptimConfig
+    from icd_tune.method.data import NUM_VARIANTS, train_size
 
     live = [s for t in times[LIVE] for s in t]
     cached = [s for t in times[CACHED] for s in t]

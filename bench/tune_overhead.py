@@ -53,11 +53,11 @@ def main() -> int:
     import ray
     import torch
 
-    from icd_tune.data import load_data
-    from icd_tune.runner import RunOptions, run_study
-    from icd_tune.study import load_study
-    from icd_tune.teachers import get_teacher
-    from icd_tune.train import Trainer
+    from icd_tune.method.data import load_data
+    from icd_tune.platform.runner import RunOptions, run_study
+    from icd_tune.platform.study import load_study
+    from icd_tune.method.teachers import get_teacher
+    from icd_tune.method.train import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="icd_overhead_"))
     levels = [round(0.5 * i, 2) for i in range(args.trials)]

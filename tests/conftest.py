@@ -13,8 +13,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture
 def tiny_data():
-    from icd_tune.config import DataConfig
-    from icd_tune.data import load_data
+    from icd_tune.method.config import DataConfig
+    from icd_tune.method.data import load_data
 
     return load_data(DataConfig(name="synthetic", num_train=160, num_test=40, num_classes=4, val_fraction=0.2))
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icd_tune.config import DataConfig
-from icd_tune.data import (NUM_VARIANTS, DataUnavailableError, Normalizer, TrainStream, augment, decode_variant,
+from icd_tune.method.config import DataConfig
+from icd_tune.method.data import (NUM_VARIANTS, DataUnavailableError, Normalizer, TrainStream, augment, decode_variant,
                            encode_variant, load_data, train_size)
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icd_tune.config import LossConfig, NegativesConfig
-from icd_tune.losses import (ICDHead, check_negative_count, icd_terms, icd_terms_with_keys, kd_loss,
+from icd_tune.method.config import LossConfig, NegativesConfig
+from icd_tune.method.losses import (ICDHead, check_negative_count, icd_terms, icd_terms_with_keys, kd_loss,
                              sample_excluding)
 
 

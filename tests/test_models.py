@@ -7,7 +7,7 @@ load with ``strict=True``, so they are pinned literally here.
 import pytest
 import torch
 
-from icd_tune.models import MODEL_NAMES, create_model, feature_dim
+from icd_tune.method.models import MODEL_NAMES, create_model, feature_dim
 
 NUM_CLASSES = 100
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from icd_tune.runner import RunOptions, run_study
-from icd_tune.study import load_study
+from icd_tune.platform.runner import RunOptions, run_study
+from icd_tune.platform.study import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from icd_tune.runner import RunOptions, run_study
-from icd_tune.study import load_study
+from icd_tune.platform.runner import RunOptions, run_study
+from icd_tune.platform.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -254,7 +254,7 @@ def test_searcher_ignores_trials_optuna_already_closed(tmp_path, tiny_study):
     """After a killed driver resumes, Ray may replay a trial that Optuna had already closed."""
     import optuna
 
-    from icd_tune.runner import make_searcher, search_domains
+    from icd_tune.platform.runner import make_searcher, search_domains
 
     study = load_study(tiny_study("replay", """
     mode: search

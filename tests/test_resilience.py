@@ -14,9 +14,9 @@ import pytest
 import torch
 from ray import tune
 
-from icd_tune.cli import main
-from icd_tune.runner import RunOptions, run_study
-from icd_tune.study import load_study
+from icd_tune.platform.cli import main
+from icd_tune.platform.runner import RunOptions, run_study
+from icd_tune.platform.study import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,9 @@ def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path,
     assert trial["status"] == "completed" and trial["epochs"] == 4
 
     # The same trial, uninterrupted, in this process with the same teacher and thread count.
-    from icd_tune.data import load_data
-    from icd_tune.teachers import get_teacher
-    from icd_tune.train import Trainer
+    from icd_tune.method.data import load_data
+    from icd_tune.method.teachers import get_teacher
+    from icd_tune.method.train import Trainer
 
     cfg = study.trial_config(0, study.grid_points()[0].overrides)
     data = load_data(cfg.data)
@@ -161,7 +161,7 @@ def test_full_disk_is_refused_up_front(tmp_path, tiny_study, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other_arch", "other_classes"])
 def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, tiny_study, capsys, case):
-    from icd_tune.models import create_model
+    from icd_tune.method.models import create_model
 
     ckpt = tmp_path / "teacher.pth"
     if case == "corrupt":

@@ -6,13 +6,13 @@ import shutil
 import pytest
 import torch
 
-from icd_tune.config import DataConfig, TrialConfig
-from icd_tune.data import NUM_VARIANTS, Normalizer, augment, load_data
-from icd_tune.models import create_model
-from icd_tune.teacher_cache import (CachedTeacher, CacheInvalidError, build_cache, build_cost_teacher_epochs,
-                                    cache_key, cache_size_bytes, decide_cache, get_or_build_cache, header_path,
-                                    open_cache)
-from icd_tune.train import Trainer
+from icd_tune.method.config import DataConfig, TrialConfig
+from icd_tune.method.data import NUM_VARIANTS, Normalizer, augment, load_data
+from icd_tune.method.models import create_model
+from icd_tune.method.output_cache import (CacheInvalidError, build_cache, build_cost_teacher_epochs, cache_key,
+                                         cache_size_bytes, get_or_build_cache, header_path, open_cache)
+from icd_tune.method.teacher_outputs import CachedTeacher, decide_cache
+from icd_tune.method.train import Trainer
 
 
 @pytest.fixture(scope="module")

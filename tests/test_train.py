@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from icd_tune.config import TeacherConfig, TrialConfig
-from icd_tune.models import create_model
-from icd_tune.teachers import TeacherCheckpointError, get_teacher, load_teacher_checkpoint, save_teacher
-from icd_tune.train import DivergenceError, Trainer
+from icd_tune.method.config import TeacherConfig, TrialConfig
+from icd_tune.method.models import create_model
+from icd_tune.method.teachers import TeacherCheckpointError, get_teacher, load_teacher_checkpoint, save_teacher
+from icd_tune.method.train import DivergenceError, Trainer
 
 
 def trial(**overrides):
@@ -101,7 +101,7 @@ def test_divergence_names_epoch_and_term(tiny_data, teacher):
 
 
 def test_teacher_is_trained_once_then_reused(tiny_data, tmp_path):
-    from icd_tune.schema import from_dict
+    from icd_tune.method.schema import from_dict
 
     cfg = from_dict(TeacherConfig, {"arch": "resnet8", "optim": {"epochs": 1, "batch_size": 32}, "cache_dir": str(tmp_path)})
     data_cfg = trial().data

@@ -14,26 +14,6 @@ from ..losses import ICDHead, ce_loss, kd_loss
 from . import register_method
 
 
-class LiveTeacher(nn.Module):
-    """The frozen teacher computed on the fly; stays in eval mode whatever ``train()`` says."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, index: torch.Tensor, variant: torch.Tensor):
-        return self.model(x, with_features=True)
-
-
 @register_method("icd")
 class ICDDistiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: LossConfig, student_dim: int,

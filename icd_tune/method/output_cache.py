@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,6 +34,8 @@ import torch
 import torch.nn as nn
 
 from .data import NUM_VARIANTS, DataBundle, Normalizer, augment
+from .device import resolve_device
+from .progress import Progress, format_bytes
 
 CACHE_FORMAT = 1
 AUGMENTATION = "pad4-crop32-flip"
@@ -114,84 +114,12 @@ def build_cost_teacher_epochs() -> int:
     return NUM_VARIANTS
 
 
-def _gib(n: int | float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale / 10 or unit == "KiB":
-            return f"{n / scale:.1f} {unit}"
-
-
-def decide_cache(setting: str, augment: bool, size_bytes: int, budget_gb: float) -> tuple[bool, str]:
-    """Whether a study uses the cache, and a one-line reason for its log. ``budget_gb`` is in GiB."""
-    if setting == "off":
-        return False, "cache off (teacher.cache: off)"
-    if setting == "on":
-        note = "" if augment else "; augmentation is off, so only the centre variant of the 162 is ever read"
-        return True, f"cache on (teacher.cache: on), {_gib(size_bytes)}{note}"
-    if setting != "auto":
-        raise ValueError(f"teacher.cache must be off, on or auto, got {setting!r}")
-    if not augment:
-        return False, ("cache off: augmentation is off, so each image is seen in one variant and a 162-variant cache "
-                       "would cost 162 teacher-epochs to save one per trial epoch (set teacher.cache: on to force it)")
-    budget_bytes = budget_gb * 2**30
-    if size_bytes > budget_bytes:
-        return False, (f"cache off: {_gib(size_bytes)} exceeds the {budget_gb:.1f} GiB budget "
-                       f"(teacher.cache_memory_budget_gb)")
-    return True, f"cache on: {_gib(size_bytes)} fits the {budget_gb:.1f} GiB budget (teacher.cache_memory_budget_gb)"
-
-
 # ---------------------------------------------------------------------------
 # Building
 
 
 def header_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
-
-
-class _Progress:
-    """One self-overwriting stderr line on a terminal; an occasional plain line in a log file."""
-
-    def __init__(self, total: int, label: str, enabled: bool, stream=None):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = 0.25 if self.tty else 30.0
-        self.start = self.last = time.perf_counter()
-
-    def _line(self, done: int) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        epochs = done / max(1, self.total // NUM_VARIANTS)
-        return (f"{self.label}: {100.0 * done / self.total:5.1f}% ({epochs:.1f}/{NUM_VARIANTS} teacher-epochs) "
-                f"{rate:,.0f} images/s, ETA {_duration(eta)}")
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or now - self.last < self.interval:
-            return
-        self.last = now
-        self._write(self._line(done), final=False)
-
-    def finish(self, done: int) -> None:
-        if self.enabled:
-            self._write(self._line(done).split(", ETA")[0] + f", took {_duration(time.perf_counter() - self.start)}",
-                        final=True)
-
-    def _write(self, line: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -213,12 +141,6 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | Path, dtype="float16", device=None,
                 batch_size: int | None = None, progress: bool = True, key: str | None = None) -> Path:
     """Computes the teacher's outputs for every (image, variant) and writes the cache atomically.
@@ -231,7 +153,7 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
     path = Path(path)
     dtype = _dtype_name(dtype)
     np_dtype = _DTYPES[dtype]
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if batch_size is None:
         # On the CPU large batches fall out of cache: resnet32x4 measured 5.7 ms per image-variant
         # at 64 against 11.0 ms at 512 (bench/cache_build.py); GPUs want the large batch.
@@ -253,7 +175,7 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
     tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
     start = time.perf_counter()
-    bar = _Progress(total, f"teacher cache {path.name}", progress)
+    bar = Progress(total, f"teacher cache {path.name}", progress)
     width = feature_dim = num_classes = None
     try:
         teacher_model.to(device).eval()
@@ -281,25 +203,32 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
     finally:
         teacher_model.to(home).train(was_training)
     bar.finish(total)
-    _write_json_atomic(header, {
+    _write_json_atomic(header, _header(key, (n, NUM_VARIANTS, width), feature_dim, num_classes, dtype, digest.hexdigest(),
+                                       type(teacher_model).__name__, data_bundle.identity, device,
+                                       time.perf_counter() - start))
+    _fsync_dir(path.parent)
+    return path
+
+
+def _header(key: str, shape: tuple[int, int, int], feature_dim: int, num_classes: int, dtype: str, sha256: str,
+            teacher_class: str, data_identity, device: torch.device, seconds: float) -> dict:
+    return {
         "format": CACHE_FORMAT,
         "key": key,
-        "shape": [n, NUM_VARIANTS, width],
+        "shape": list(shape),
         "feature_dim": feature_dim,
         "num_classes": num_classes,
         "dtype": dtype,
         "layout": "row-major (image, variant, column); columns are the pooled features, then the logits",
         "augmentation": AUGMENTATION,
-        "nbytes": n * NUM_VARIANTS * width * np.dtype(np_dtype).itemsize,
-        "checksum": {"algorithm": "sha256", "hexdigest": digest.hexdigest()},
-        "teacher_class": type(teacher_model).__name__,
-        "data_identity": data_bundle.identity,
+        "nbytes": shape[0] * shape[1] * shape[2] * np.dtype(_DTYPES[dtype]).itemsize,
+        "checksum": {"algorithm": "sha256", "hexdigest": sha256},
+        "teacher_class": teacher_class,
+        "data_identity": data_identity,
         "build_device": str(device),
-        "build_seconds": round(time.perf_counter() - start, 3),
+        "build_seconds": round(seconds, 3),
         "complete": True,
-    })
-    _fsync_dir(path.parent)
-    return path
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +393,7 @@ def get_or_build_cache(teacher_model: nn.Module, data_bundle: DataBundle, cache_
         if path.exists() or header_path(path).exists():
             try:
                 cache = open_cache(path, key)
-                log(f"teacher cache: reusing {path} ({_gib(cache.nbytes)}, {dtype})")
+                log(f"teacher cache: reusing {path} ({format_bytes(cache.nbytes)}, {dtype})")
                 return cache
             except CacheInvalidError as err:
                 log(f"teacher cache: rebuilding, {err}")
@@ -474,41 +403,5 @@ def get_or_build_cache(teacher_model: nn.Module, data_bundle: DataBundle, cache_
         build_cache(teacher_model, data_bundle, path, dtype=dtype, device=device, batch_size=batch_size,
                     progress=progress, key=key)
         cache = open_cache(path, key)
-        log(f"teacher cache: built {path} ({_gib(cache.nbytes)}, {cache.header['build_seconds']:.1f} s)")
+        log(f"teacher cache: built {path} ({format_bytes(cache.nbytes)}, {cache.header['build_seconds']:.1f} s)")
         return cache
-
-
-class CachedTeacher(nn.Module):
-    """Drop-in for ``LiveTeacher``: ``forward(x, index, variant) -> (logits, features)`` read from the cache.
-
-    ``x`` is ignored except for its device, where the float32 outputs are returned.
-    It holds no parameters or buffers, so ``.to()`` moves nothing, and it pickles as
-    the cache's path and header (for Ray workers), remapping the file on first use.
-    """
-
-    def __init__(self, cache: TeacherOutputCache):
-        super().__init__()
-        self.cache = cache
-        self.training = False
-
-    @property
-    def feature_dim(self) -> int:
-        return self.cache.feature_dim
-
-    @property
-    def num_classes(self) -> int:
-        return self.cache.num_classes
-
-    def train(self, mode: bool = True):
-        return super().train(False)
-
-    @torch.compiler.disable
-    def forward(self, x: torch.Tensor | None, index: torch.Tensor, variant: torch.Tensor):
-        device = x.device if isinstance(x, torch.Tensor) else index.device
-        rows = self.cache.lookup(index.detach().cpu().numpy(), variant.detach().cpu().numpy())
-        out = torch.from_numpy(rows).to(device=device, dtype=torch.float32)
-        d = self.cache.feature_dim
-        return out[:, d:].contiguous(), out[:, :d].contiguous()
-
-    def extra_repr(self) -> str:
-        return repr(self.cache)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import flatten, to_dict
+from ..method.schema import flatten, to_dict
 from .study import Study, TrialPoint, set_path, short_name
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -74,16 +74,17 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, study_meta=N
     import torch
     from ray import tune
 
-    from .config import TrialConfig
-    from .train import DivergenceError, Trainer
+    from ..method.config import TrialConfig
+    from ..method.train import DivergenceError, Trainer
 
     point = point_of(config, study_meta)
     cfg = TrialConfig.from_dict(resolved_trial_dict(base, point))
     torch.set_num_threads(max(1, int(study_meta.get("cpus_per_trial", 1))))
     outputs = None
     if teacher_outputs is not None and cfg.loss.uses_teacher:
-        from .teacher_cache import CachedTeacher, get_or_build_cache
-        from .train import resolve_device
+        from ..method.device import resolve_device
+        from ..method.output_cache import get_or_build_cache
+        from ..method.teacher_outputs import CachedTeacher
 
         # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
         cache = get_or_build_cache(teacher, data, teacher_outputs["dir"], dtype=teacher_outputs["dtype"],
@@ -362,7 +363,8 @@ def planned_trial_epochs(study: Study) -> int:
 def cache_decision(study: Study, trial0, num_train: int, feature_dim: int, num_classes: int,
                    smoke: bool = False, on_cluster: bool = False) -> tuple[bool, str]:
     """Whether this study reads the teacher's outputs from the exact cache, and why."""
-    from .teacher_cache import build_cost_teacher_epochs, cache_size_bytes, decide_cache
+    from ..method.output_cache import build_cost_teacher_epochs, cache_size_bytes
+    from ..method.teacher_outputs import decide_cache
 
     setting = trial0.teacher.cache
     size = cache_size_bytes(num_train, feature_dim, num_classes, trial0.teacher.cache_dtype)
@@ -391,13 +393,13 @@ def _remote_teacher_training(trial0, data, cpus: float, gpus: int):
     import ray
 
     def train() -> object:
-        from .models import create_model
+        from ..method.models import create_model
 
         @ray.remote(num_cpus=cpus, num_gpus=gpus)
         def train_on_worker(teacher_cfg, bundle, data_cfg):
             import torch
 
-            from .teachers import train_teacher
+            from ..method.teachers import train_teacher
 
             torch.set_num_threads(max(1, int(cpus)))
             model = train_teacher(teacher_cfg, bundle, data_cfg, device="auto")
@@ -423,9 +425,9 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     import ray
     from ray import tune
 
-    from .data import load_data
+    from ..method.data import load_data
     from .report import write_report
-    from .teachers import get_teacher
+    from ..method.teachers import get_teacher
     from .tracking import MLflowTrialCallback, StudyTracker, common_tags, ui_command, ui_runs_url
 
     settings = study.settings
@@ -465,15 +467,15 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
                     or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
 
     # Everything that can be checked up front is, before anything is written.
-    from .config import TrialConfig
-    from .data import train_size
+    from ..method.config import TrialConfig
+    from ..method.data import train_size
     from .preflight import (check_experiment_storage, check_folder_writable, check_free_space,
                             check_tracking_store, estimate_disk_bytes)
 
     trial0 = TrialConfig.from_dict(resolved_trial_dict(base, points[0] if points else study.first_point()))
     if trial0.teacher.checkpoint:
-        from .data import num_classes as dataset_classes
-        from .teachers import load_teacher_checkpoint
+        from ..method.data import num_classes as dataset_classes
+        from ..method.teachers import load_teacher_checkpoint
 
         load_teacher_checkpoint(trial0.teacher.checkpoint, trial0.teacher.arch, dataset_classes(trial0.data))
     data = load_data(trial0.data)  # a missing dataset fails here, before anything is written
@@ -532,7 +534,7 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
             teacher_outputs = {"dir": str(Path(teacher_dir).resolve()), "dtype": trial0.teacher.cache_dtype}
             if not on_cluster:
                 # Built here once, so that trials open it instead of queueing on the build lock.
-                from .teacher_cache import get_or_build_cache
+                from ..method.output_cache import get_or_build_cache
 
                 cache = get_or_build_cache(teacher, data, teacher_dir, dtype=trial0.teacher.cache_dtype,
                                            device="cuda" if gpus and trial0.device != "cpu" else "cpu", log=log)

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_plan(study, out=None, on_cluster: bool = False) -> None:
-    from .schema import to_dict
+    from ..method.schema import to_dict
 
     out = out or sys.stdout
 
@@ -74,10 +74,10 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
 
 
 def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
-    from .data import num_classes, train_size
-    from .models import feature_dim
+    from ..method.data import num_classes, train_size
+    from ..method.models import feature_dim
     from .runner import cache_decision, planned_trial_epochs
-    from .teacher_cache import build_cost_teacher_epochs, cache_size_bytes
+    from ..method.output_cache import build_cost_teacher_epochs, cache_size_bytes
 
     trial0 = study.trial_config(study.settings.seeds[0], study.first_point().overrides)
     t = trial0.teacher
@@ -91,7 +91,7 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .schema import ConfigError
+    from ..method.schema import ConfigError
     from .study import load_study
 
     try:
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(study, on_cluster=bool(args.address))
         return 0
 
-    from .data import DataUnavailableError
+    from ..method.data import DataUnavailableError
     from .runner import RunOptions, StudyRunError, run_study
-    from .teachers import TeacherCheckpointError
+    from ..method.teachers import TeacherCheckpointError
 
     opts = RunOptions(smoke=args.smoke, resume=args.resume, address=args.address, storage=args.storage,
                       tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,

@@ -122,7 +122,7 @@ def check_experiment_storage(storage: str, hosts: set[str]) -> None:
 
 def estimate_disk_bytes(study, trial0, num_train: int, cache_bytes: int = 0) -> int:
     """Rough upper bound on what the study writes: checkpoints kept per trial, reports, the cache."""
-    from .models import create_model
+    from ..method.models import create_model
 
     student = create_model(trial0.student, 100 if trial0.data.name == "cifar100" else 10)
     params = sum(p.numel() for p in student.parameters())

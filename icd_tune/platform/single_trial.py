@@ -1,4 +1,4 @@
-"""One ICD trial in this process, no Ray or MLflow: ``python -m icd_tune.single_trial``.
+"""One ICD trial in this process, no Ray or MLflow: ``python -m icd_tune.platform.single_trial``.
 
 Useful to check a configuration by hand and as the in-process baseline that
 the platform's overhead is measured against.
@@ -12,9 +12,9 @@ import time
 
 import yaml
 
-from .config import TrialConfig
-from .data import load_data
-from .teachers import get_teacher
+from ..method.config import TrialConfig
+from ..method.data import load_data
+from ..method.teachers import get_teacher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.loss.uses_teacher:
         teacher, info = get_teacher(cfg.teacher, data, cfg.data, device=cfg.device)
         print(f"teacher: {json.dumps(info)}")
-    from .train import Trainer
+    from ..method.train import Trainer
 
     start = time.perf_counter()
     trainer = Trainer(cfg, data, teacher)

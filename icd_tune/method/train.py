@@ -17,8 +17,9 @@ import torch.nn as nn
 
 from .config import TrialConfig
 from .data import DataBundle, Normalizer, TrainStream, eval_batches
-from .methods import get_method
-from .methods.icd import LiveTeacher
+from .device import resolve_device
+from .distillers import get_method
+from .teacher_outputs import LiveTeacher
 from .models import create_model, feature_dim
 
 CHECKPOINT_FORMAT = 1
@@ -30,14 +31,6 @@ class DivergenceError(RuntimeError):
     def __init__(self, epoch: int, step: int, term: str):
         self.epoch, self.step, self.term = epoch, step, term
         super().__init__(f"diverged at epoch {epoch}, step {step}: loss term '{term}' became non-finite")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def build_student(cfg: TrialConfig, num_classes: int) -> nn.Module:
@@ -53,7 +46,7 @@ class Trainer:
                  device: torch.device | str | None = None, teacher_outputs: nn.Module | None = None):
         self.cfg = cfg
         self.data = data
-        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.device = resolve_device(device if device is not None else cfg.device)
         self.cuda = self.device.type == "cuda"
         opt = cfg.optim
 
@@ -70,7 +63,7 @@ class Trainer:
         elif teacher_outputs is not None:
             # A trial fed only by a teacher-output cache has no teacher model to ask.
             teacher_dim = getattr(teacher_outputs, "feature_dim", None)
-        method = get_method("icd")
+        method = get_method(cfg.method)
         self.distiller = method(student, teacher_outputs, cfg.loss, feature_dim(cfg.student), teacher_dim,
                                 num_train=data.num_train, batch_size=opt.batch_size, seed=cfg.seed).to(self.device)
         self.student = self.distiller.student

@@ -18,10 +18,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import TrialConfig
-from .data import train_size
-from .losses import check_negative_count
-from .schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
+from ..method.config import TrialConfig
+from ..method.data import train_size
+from ..method.losses import check_negative_count
+from ..method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
 
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name != "seed")
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")

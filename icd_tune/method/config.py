@@ -132,6 +132,9 @@ class TeacherConfig:
 
 @dataclass
 class TrialConfig:
+    # The distiller, by its registered name (icd_tune/method/distillers). KD, plain
+    # contrastive distillation and CE training are loss-weight settings of "icd".
+    method: str = "icd"
     student: str = "resnet8x4"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -149,6 +152,9 @@ class TrialConfig:
         from .models import MODEL_NAMES
         from .schema import suggest
 
+        from .distillers import method_names
+
+        require(self.method in method_names(), f"unknown method '{self.method}'{suggest(self.method, method_names())}", join_path(path, "method"))
         require(self.student in MODEL_NAMES, f"unknown model '{self.student}'{suggest(self.student, MODEL_NAMES)}", join_path(path, "student"))
         if self.max_steps_per_epoch is not None:
             require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer or null", join_path(path, "max_steps_per_epoch"))

@@ -1,0 +1,79 @@
+"""Turns finished trials into reports: text tables, Parquet files and plots.
+
+Everything here works on plain records (see ``level_table`` for the trial
+record layout), so reports can be rebuilt offline from saved results without
+Ray, MLflow or torch installed. Statistics follow the ablation protocol: each
+level is run over several seeds, levels are summarised by mean +- sample std
+over seeds, and a level is compared with the baseline by differences paired
+on the seed, which cancels the seed's shared effect (data order, init).
+
+Trial record::
+
+    {"trial_id": "a1b2_00003", "name": "invariance_weight=0.5 seed=1",
+     "levels": {"invariance_weight": 0.5}, "params": {"loss.invariance_weight": 0.5, ...},
+     "seed": 1, "status": "completed" | "stopped" | "failed", "epochs": 12,
+     "final": {"test/acc1": 71.2, "val/best_acc1": 70.5, ...}, "error": None | "..."}
+
+History rows: ``{"trial_id": ..., "epoch": 1, "train/loss": ..., "val/acc1": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .markdown import _baseline_for, render_report
+from .parquet import write_parquet
+from .plots import plot_factor, plot_learning_curves, use_log_axis
+from .stats import best_configurations, level_table
+# Trial status values, importable from here by code that builds trial records.
+from .stats import COMPLETED, FAILED, STOPPED  # noqa: F401
+
+__all__ = [
+    "level_table",
+    "best_configurations",
+    "render_report",
+    "write_parquet",
+    "plot_factor",
+    "plot_learning_curves",
+    "write_report",
+    "use_log_axis",
+]
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "factor"
+
+
+def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping],
+                 history: Sequence[Mapping], factors: Iterable[str] | None, baseline: Any = None,
+                 metric: str = "test/acc1", mode: str = "max") -> dict[str, Path]:
+    """Write report.txt, trials/history Parquet, factor plots and learning curves.
+
+    Returns file name -> path (``report.txt``, ``trials.parquet``,
+    ``history.parquet``, ``factor_<name>.png`` per factor,
+    ``learning_curves.png``). ``baseline`` may be one level for all factors
+    or a dict factor -> level.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = list(trials or [])
+    history = list(history or [])
+    factors = list(factors or [])
+    paths: dict[str, Path] = {}
+
+    report = out_dir / "report.txt"
+    report.write_text(render_report(study_name, trials, factors, baseline=baseline,
+                                    metric=metric, mode=mode), encoding="utf-8")
+    paths[report.name] = report
+    trials_path, history_path = write_parquet(trials, history, out_dir)
+    paths[trials_path.name] = trials_path
+    paths[history_path.name] = history_path
+    for factor in factors:
+        png = plot_factor(trials, factor, metric, out_dir / f"factor_{_safe_name(factor)}.png",
+                          baseline=_baseline_for(baseline, factor))
+        paths[png.name] = png
+    curves = plot_learning_curves(history, trials, out_dir / "learning_curves.png")
+    paths[curves.name] = curves
+    return paths
