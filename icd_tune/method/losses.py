@@ -130,10 +130,14 @@ class ICDHead(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         z_s, z_t = self.embed(f_s, f_t)
         scale = self.logit_scale()
-        if self.source == "batch":
-            return icd_terms(z_s, z_t, scale, self.bias)
-        negatives = sample_excluding(self.bank_s.shape[0], index, self.count, generator)
-        contrastive, invariance = icd_terms_with_keys(z_s, z_t, self.bank_t[negatives], self.bank_s[negatives], scale, self.bias)
+        # Autocast would run the similarity matmuls in bf16 whatever dtype their inputs have;
+        # the terms are tiny next to the networks, so they are computed in fp32.
+        with torch.autocast(z_s.device.type, enabled=False):
+            if self.source == "batch":
+                return icd_terms(z_s, z_t, scale, self.bias)
+            negatives = sample_excluding(self.bank_s.shape[0], index, self.count, generator)
+            contrastive, invariance = icd_terms_with_keys(z_s, z_t, self.bank_t[negatives], self.bank_s[negatives],
+                                                          scale, self.bias)
         self._update_banks(index, z_s.detach(), z_t.detach())
         return contrastive, invariance
 

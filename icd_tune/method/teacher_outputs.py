@@ -12,6 +12,7 @@ never trained. Two implementations:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -49,12 +50,38 @@ class CachedTeacher(nn.Module):
     ``x`` is ignored except for its device, where the float32 outputs are returned.
     It holds no parameters or buffers, so ``.to()`` moves nothing, and it pickles as
     the cache's path and header (for Ray workers), remapping the file on first use.
+
+    On a GPU whose memory holds the cache within ``gpu_share`` of its total, the rows
+    are copied to the device once and each step's lookup is a device gather: a host
+    lookup would make every step wait for the indices to reach the CPU.
     """
 
-    def __init__(self, cache: TeacherOutputCache):
+    def __init__(self, cache: TeacherOutputCache, gpu_share: float = 0.25):
         super().__init__()
         self.cache = cache
         self.training = False
+        self.gpu_share = gpu_share
+        self._device_rows: torch.Tensor | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_device_rows"] = None  # a device copy never travels; it is rebuilt where it is used
+        return state
+
+    def device_rows(self, device: torch.device) -> torch.Tensor | None:
+        """The cache on ``device`` when it is a GPU with room for it, else None (host lookups)."""
+        if device.type != "cuda":
+            return None
+        if self._device_rows is None or self._device_rows.device != device:
+            if self.cache.nbytes > self.gpu_share * torch.cuda.get_device_properties(device).total_memory:
+                return None
+            rows = self.cache.rows
+            table = torch.empty(rows.shape, dtype=getattr(torch, self.cache.dtype), device=device)
+            step = max(1, (256 << 20) // max(1, rows.shape[1] * rows.itemsize))
+            for lo in range(0, rows.shape[0], step):
+                table[lo:lo + step].copy_(torch.from_numpy(np.array(rows[lo:lo + step])))
+            self._device_rows = table
+        return self._device_rows
 
     @property
     def feature_dim(self) -> int:
@@ -70,8 +97,12 @@ class CachedTeacher(nn.Module):
     @torch.compiler.disable
     def forward(self, x: torch.Tensor | None, index: torch.Tensor, variant: torch.Tensor):
         device = x.device if isinstance(x, torch.Tensor) else index.device
-        rows = self.cache.lookup(index.detach().cpu().numpy(), variant.detach().cpu().numpy())
-        out = torch.from_numpy(rows).to(device=device, dtype=torch.float32)
+        table = self.device_rows(device)
+        if table is not None:
+            out = table[index.to(device) * self.cache.num_variants + variant.to(device)].float()
+        else:
+            rows = self.cache.lookup(index.detach().cpu().numpy(), variant.detach().cpu().numpy())
+            out = torch.from_numpy(rows).to(device=device, dtype=torch.float32)
         d = self.cache.feature_dim
         return out[:, d:].contiguous(), out[:, :d].contiguous()
 

@@ -48,6 +48,8 @@ class Trainer:
         self.data = data
         self.device = resolve_device(device if device is not None else cfg.device)
         self.cuda = self.device.type == "cuda"
+        # bf16 keeps fp32's exponent range, so training needs no loss scaling; None trains in fp32.
+        self.amp_dtype: torch.dtype | None = torch.bfloat16 if self.cuda else None
         opt = cfg.optim
 
         student = build_student(cfg, data.num_classes)
@@ -87,9 +89,9 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def _autocast(self):
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_epoch(self) -> dict[str, float]:
         self.distiller.train()
