@@ -61,9 +61,9 @@ CIFAR_TRAIN, CIFAR_EVAL, EPOCHS, BATCH = 45_000, 15_000, 240, 64
 
 SIZES = {
     # teacher, student, classes, batch, timed steps, cache images, packing seconds, packing processes
-    "gpu": dict(teacher="resnet32x4", student="resnet8x4", classes=100, batch=BATCH, steps=100, fp16_steps=100, cache_images=1024,
+    "gpu": dict(teacher="resnet32x4", student="resnet8x4", classes=100, batch=BATCH, steps=100, fp16_steps=100, eval_images=5120, cache_images=1024,
                 pack_seconds=12.0, pack_procs=4),
-    "cpu": dict(teacher="resnet14", student="resnet8", classes=10, batch=16, steps=6, fp16_steps=2, cache_images=24,
+    "cpu": dict(teacher="resnet14", student="resnet8", classes=10, batch=16, steps=6, fp16_steps=2, eval_images=64, cache_images=24,
                 pack_seconds=3.0, pack_procs=2),
 }
 DEADLINES = {"environment": 10, "correctness": 30, "cache": 30, "step_time": 45, "packing": 60, "compile": 65}
@@ -97,7 +97,7 @@ def trial_config(size: dict, num_train: int, device: str, compile_: bool = False
         "student": size["student"], "device": device, "compile": compile_, "seed": 0,
         "max_steps_per_epoch": steps,
         "teacher": {"arch": size["teacher"]},
-        "data": {"name": "synthetic", "num_train": num_train, "num_test": 4 * size["batch"],
+        "data": {"name": "synthetic", "num_train": num_train, "num_test": size["eval_images"],
                  "num_classes": size["classes"], "val_fraction": 0.0},
         "loss": {"kd_weight": 0.0, "contrastive_weight": 1.0, "invariance_weight": 0.5, "temperature": "learnable"},
         "optim": {"epochs": 2, "batch_size": size["batch"], "lr": 0.05},
