@@ -129,3 +129,32 @@ def test_too_many_negatives_is_a_clear_error():
     cfg = LossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=100))
     with pytest.raises(ValueError, match="more than the data allows"):
         ICDHead(3, 3, cfg, num_train=100, batch_size=4)
+
+
+@pytest.mark.parametrize("source", ["batch", "memory"])
+def test_head_terms_stay_fp32_under_bf16_autocast(source):
+    # The projections may run in bf16; the logits, softmaxes and KL must not. Given the
+    # head's own (autocast) embeddings, its terms equal the fp32 terms of those embeddings.
+    cfg = LossConfig(feat_dim=32, negatives=NegativesConfig(source=source, count=40))
+    torch.manual_seed(0)
+    head = ICDHead(48, 64, cfg, num_train=128, batch_size=16)
+    f_s, f_t = torch.randn(16, 48), torch.randn(16, 64)
+    index = torch.arange(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_s, z_t = head.embed(f_s, f_t)
+        banks = (head.bank_s.clone(), head.bank_t.clone()) if source == "memory" else None
+        terms = head(f_s, f_t, index, torch.Generator().manual_seed(3))
+    assert all(t.dtype == torch.float32 for t in terms)
+    if source == "batch":
+        expected = icd_terms(z_s, z_t, head.logit_scale(), head.bias)
+    else:
+        negatives = sample_excluding(128, index, 40, torch.Generator().manual_seed(3))
+        expected = icd_terms_with_keys(z_s, z_t, banks[1][negatives], banks[0][negatives], head.logit_scale(), head.bias)
+    for got, want in zip(terms, expected):
+        assert got.item() == pytest.approx(want.item(), abs=1e-5)
+    # And the functions themselves ignore an enclosing autocast.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = icd_terms(z_s, z_t, 2.7)
+    outside = icd_terms(z_s, z_t, 2.7)
+    assert inside[0].item() == pytest.approx(outside[0].item(), abs=1e-6)
+    assert inside[1].item() == pytest.approx(outside[1].item(), abs=1e-6)

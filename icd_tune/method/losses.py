@@ -39,6 +39,17 @@ def _kl_rows(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
 
 def icd_terms(z_s: torch.Tensor, z_t: torch.Tensor, logit_scale, logit_bias=0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(contrastive, invariance) with the batch as negatives; z_s, z_t are (B, D), L2-normalised."""
+    with _fp32(z_s):
+        return _icd_terms(z_s, z_t, logit_scale, logit_bias)
+
+
+def _fp32(like: torch.Tensor):
+    # Autocast would run the similarity matmuls in bf16 whatever their inputs' dtype; the
+    # terms cost little next to the networks, so logits, softmaxes and KL stay in fp32.
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def _icd_terms(z_s: torch.Tensor, z_t: torch.Tensor, logit_scale, logit_bias) -> tuple[torch.Tensor, torch.Tensor]:
     logits = (logit_scale * (z_s.float() @ z_t.float().T)) + logit_bias
     targets = torch.arange(logits.shape[0], device=logits.device)
     contrastive = F.cross_entropy(logits, targets)
@@ -57,6 +68,11 @@ def icd_terms_with_keys(z_s: torch.Tensor, z_t: torch.Tensor, teacher_keys: torc
     the batch, or (B, K, D), one set per anchor. The same key positions must
     refer to the same sample indices on both sides.
     """
+    with _fp32(z_s):
+        return _icd_terms_with_keys(z_s, z_t, teacher_keys, student_keys, logit_scale, logit_bias)
+
+
+def _icd_terms_with_keys(z_s, z_t, teacher_keys, student_keys, logit_scale, logit_bias):
     z_s = z_s.float()
     z_t = z_t.float()
     positive = (z_s * z_t).sum(dim=1, keepdim=True)
@@ -130,14 +146,11 @@ class ICDHead(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         z_s, z_t = self.embed(f_s, f_t)
         scale = self.logit_scale()
-        # Autocast would run the similarity matmuls in bf16 whatever dtype their inputs have;
-        # the terms are tiny next to the networks, so they are computed in fp32.
-        with torch.autocast(z_s.device.type, enabled=False):
-            if self.source == "batch":
-                return icd_terms(z_s, z_t, scale, self.bias)
-            negatives = sample_excluding(self.bank_s.shape[0], index, self.count, generator)
-            contrastive, invariance = icd_terms_with_keys(z_s, z_t, self.bank_t[negatives], self.bank_s[negatives],
-                                                          scale, self.bias)
+        if self.source == "batch":
+            return icd_terms(z_s, z_t, scale, self.bias)
+        negatives = sample_excluding(self.bank_s.shape[0], index, self.count, generator)
+        contrastive, invariance = icd_terms_with_keys(z_s, z_t, self.bank_t[negatives], self.bank_s[negatives],
+                                                      scale, self.bias)
         self._update_banks(index, z_s.detach(), z_t.detach())
         return contrastive, invariance
 
