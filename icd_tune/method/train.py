@@ -85,6 +85,11 @@ class Trainer:
                                   self.normalizer, augment_images=cfg.data.augment)
         self.epoch = 0  # completed epochs
         self.best_val_acc1 = float("-inf")
+        # Test accuracy and student weights at the epoch of best val/acc1: the honest test
+        # number (selected on validation) and the weights it belongs to, without a second pass.
+        self.best_val_epoch = 0
+        self.test_at_best_val: dict[str, float] = {}
+        self.best_student: dict | None = None
 
     # ------------------------------------------------------------------ training
 
@@ -161,14 +166,25 @@ class Trainer:
         self.epoch += 1
         last = self.epoch == self.cfg.optim.epochs
         if last or self.epoch % self.cfg.eval_every == 0:
-            if self.data.val_x.shape[0] > 0:
-                for key, value in self.evaluate(self.data.val_x, self.data.val_y).items():
-                    metrics[f"val/{key}"] = value
-                self.best_val_acc1 = max(self.best_val_acc1, metrics["val/acc1"])
-                metrics["val/best_acc1"] = self.best_val_acc1
-            for key, value in self.evaluate(self.data.test_x, self.data.test_y).items():
-                metrics[f"test/{key}"] = value
+            metrics.update(self._evaluate_splits())
         metrics["epoch"] = self.epoch
+        return metrics
+
+    def _evaluate_splits(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        has_val = self.data.val_x.shape[0] > 0
+        if has_val:
+            metrics.update({f"val/{k}": v for k, v in self.evaluate(self.data.val_x, self.data.val_y).items()})
+        metrics.update({f"test/{k}": v for k, v in self.evaluate(self.data.test_x, self.data.test_y).items()})
+        if has_val:
+            if metrics["val/acc1"] > self.best_val_acc1:  # the earliest epoch wins a tie
+                self.best_val_acc1, self.best_val_epoch = metrics["val/acc1"], self.epoch
+                self.test_at_best_val = {k: metrics[f"test/{k}"] for k in ("acc1", "acc5")}
+                # A copy: on the CPU, .cpu() would alias the weights that training goes on changing.
+                self.best_student = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+            metrics["val/best_acc1"] = self.best_val_acc1
+            metrics["val/best_epoch"] = self.best_val_epoch
+            metrics.update({f"test/{k}_at_best_val": v for k, v in self.test_at_best_val.items()})
         return metrics
 
     def epochs(self) -> Iterator[dict[str, float]]:
@@ -190,6 +206,9 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "best_val_acc1": self.best_val_acc1,
+            "best_val_epoch": self.best_val_epoch,
+            "test_at_best_val": dict(self.test_at_best_val),
+            "best_student": self.best_student,
             "config": self.cfg.to_dict(),
             "student": _cpu(self.student.state_dict()),
             "head": _cpu(head.state_dict()) if head is not None else None,
@@ -213,6 +232,10 @@ class Trainer:
         self.negatives_generator.set_state(state["negatives_rng"])
         self.epoch = int(state["epoch"])
         self.best_val_acc1 = float(state["best_val_acc1"])
+        # Checkpoints written before best-validation tracking lack these keys.
+        self.best_val_epoch = int(state.get("best_val_epoch", 0))
+        self.test_at_best_val = {k: float(v) for k, v in (state.get("test_at_best_val") or {}).items()}
+        self.best_student = state.get("best_student")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -1,0 +1,62 @@
+"""Selection on validation inside a trial: test accuracy and weights at the epoch of best val/acc1."""
+
+import torch
+
+from icd_tune.method.config import TrialConfig
+from icd_tune.method.models import create_model
+from icd_tune.method.train import Trainer
+
+CONFIG = {
+    "student": "resnet8", "device": "cpu", "max_steps_per_epoch": 3,
+    "data": {"name": "synthetic", "num_train": 160, "num_test": 40, "num_classes": 4, "val_fraction": 0.2},
+    "optim": {"epochs": 5, "batch_size": 16, "lr": 0.2},
+    "loss": {"kd_weight": 1.0, "feat_dim": 16},
+}
+
+
+def teacher():
+    torch.manual_seed(0)
+    return create_model("resnet8", 4).eval()
+
+
+def test_test_accuracy_is_recorded_at_the_best_validation_epoch(tiny_data, tmp_path):
+    trainer = Trainer(TrialConfig.from_dict(CONFIG), tiny_data, teacher())
+    history, weights = [], []
+    for metrics in trainer.epochs():
+        history.append(metrics)
+        weights.append({k: v.clone() for k, v in trainer.student.state_dict().items()})
+    best = max(range(len(history)), key=lambda i: (history[i]["val/acc1"], -i))  # earliest best wins
+    last = history[-1]
+    assert last["val/best_epoch"] == best + 1
+    assert last["test/acc1_at_best_val"] == history[best]["test/acc1"]
+    assert last["test/acc5_at_best_val"] == history[best]["test/acc5"]
+    # The kept weights are the best epoch's, not the last epoch's.
+    assert all(torch.equal(v, weights[best][k]) for k, v in trainer.best_student.items())
+    # And they survive a checkpoint round trip (weights_only load).
+    trainer.save(tmp_path / "ckpt.pt")
+    again = Trainer(TrialConfig.from_dict(CONFIG), tiny_data, teacher())
+    again.load(tmp_path / "ckpt.pt")
+    assert again.best_val_epoch == best + 1 and again.test_at_best_val == trainer.test_at_best_val
+    assert all(torch.equal(v, again.best_student[k]) for k, v in trainer.best_student.items())
+
+
+def test_best_validation_moves_only_on_improvement(tiny_data):
+    trainer = Trainer(TrialConfig.from_dict(CONFIG), tiny_data, teacher())
+    seen_best = float("-inf")
+    for metrics in trainer.epochs():
+        if metrics["val/acc1"] > seen_best:
+            seen_best = metrics["val/acc1"]
+            assert metrics["val/best_epoch"] == metrics["epoch"]
+            assert metrics["test/acc1_at_best_val"] == metrics["test/acc1"]
+        else:
+            assert metrics["val/best_epoch"] < metrics["epoch"]
+        assert metrics["val/best_acc1"] == seen_best
+
+
+def test_no_validation_split_means_no_selected_test_number():
+    from icd_tune.method.data import load_data
+
+    cfg = TrialConfig.from_dict({**CONFIG, "data": {**CONFIG["data"], "val_fraction": 0.0}, "optim": {
+        **CONFIG["optim"], "epochs": 1}})
+    metrics = Trainer(cfg, load_data(cfg.data), teacher()).run_epoch()
+    assert "test/acc1" in metrics and "test/acc1_at_best_val" not in metrics and "val/best_epoch" not in metrics
