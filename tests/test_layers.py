@@ -70,3 +70,18 @@ def test_importing_method_layer_loads_no_ray_optuna_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
+
+
+def test_files_and_functions_stay_legible():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > SIZE_LIMIT_LINES:
+            too_long.append(f"{path.relative_to(PACKAGE.parent)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > SIZE_LIMIT_FUNCTION:
+                    too_long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, "over the size limits:\n" + "\n".join(too_long)

@@ -3,28 +3,24 @@ import math
 import pytest
 import torch
 
-from icd_tune.method.config import TeacherConfig, TrialConfig
+from icd_tune.method.config import TeacherConfig
 from icd_tune.method.models import create_model
 from icd_tune.method.teachers import TeacherCheckpointError, get_teacher, load_teacher_checkpoint, save_teacher
 from icd_tune.method.train import DivergenceError, Trainer
+from icd_tune.platform.trials import trial_config
+
+BASE = {
+    "student": "resnet8",
+    "data": {"name": "synthetic", "num_train": 160, "num_test": 40, "num_classes": 4, "val_fraction": 0.2},
+    "optim": {"epochs": 4, "batch_size": 16, "lr": 0.05},
+    "loss": {"kd_weight": 1.0, "feat_dim": 16, "negatives": {"source": "memory", "count": 32}},
+    "max_steps_per_epoch": 3,
+    "device": "cpu",
+}
 
 
-def trial(**overrides):
-    base = {
-        "student": "resnet8",
-        "data": {"name": "synthetic", "num_train": 160, "num_test": 40, "num_classes": 4, "val_fraction": 0.2},
-        "optim": {"epochs": 4, "batch_size": 16, "lr": 0.05},
-        "loss": {"kd_weight": 1.0, "feat_dim": 16, "negatives": {"source": "memory", "count": 32}},
-        "max_steps_per_epoch": 3,
-        "device": "cpu",
-    }
-    for key, value in overrides.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return TrialConfig.from_dict(base)
+def trial(seed=0, **overrides):
+    return trial_config(BASE, overrides, seed)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ one page-cache copy instead of each holding its own.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +34,7 @@ import torch.nn as nn
 
 from .data import NUM_VARIANTS, DataBundle, Normalizer, augment
 from .device import resolve_device
+from .files import build_lock, fsync_dir, write_json_atomic
 from .progress import Progress, format_bytes
 
 CACHE_FORMAT = 1
@@ -122,25 +122,6 @@ def header_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the renames themselves durable; some filesystems refuse to open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | Path, dtype="float16", device=None,
                 batch_size: int | None = None, progress: bool = True, key: str | None = None) -> Path:
     """Computes the teacher's outputs for every (image, variant) and writes the cache atomically.
@@ -196,17 +177,17 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         teacher_model.to(home).train(was_training)
     bar.finish(total)
-    _write_json_atomic(header, _header(key, (n, NUM_VARIANTS, width), feature_dim, num_classes, dtype, digest.hexdigest(),
+    write_json_atomic(header, _header(key, (n, NUM_VARIANTS, width), feature_dim, num_classes, dtype, digest.hexdigest(),
                                        type(teacher_model).__name__, data_bundle.identity, device,
                                        time.perf_counter() - start))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -361,22 +342,6 @@ def open_cache(path: str | Path, expected_key: str, verify: bool = True) -> Teac
     return cache
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """Serialises builders of the same cache across processes, so a second one waits and reuses."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock
-        yield
-        return
-    with open(path.with_suffix(".lock"), "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def cache_file_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"outputs-{key[:16]}.bin"
 
@@ -389,7 +354,7 @@ def get_or_build_cache(teacher_model: nn.Module, data_bundle: DataBundle, cache_
     key = cache_key(teacher_model, data_bundle, dtype)
     path = cache_file_path(cache_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(path):
+    with build_lock(path):
         if path.exists() or header_path(path).exists():
             try:
                 cache = open_cache(path, key)

@@ -76,7 +76,8 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
 def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
     from ..method.data import num_classes, train_size
     from ..method.models import feature_dim
-    from .runner import cache_decision, planned_trial_epochs
+    from .stages.plan import planned_trial_epochs
+    from .stages.prepare import cache_decision
     from ..method.output_cache import build_cost_teacher_epochs, cache_size_bytes
 
     trial0 = study.trial_config(study.settings.seeds[0], study.first_point().overrides)

@@ -15,6 +15,8 @@ import yaml
 from ..method.config import TrialConfig
 from ..method.data import load_data
 from ..method.teachers import get_teacher
+from .metrics import EPOCH, TEST_ACC1, TRAIN_LOSS, VAL_ACC1
+from .trials import trial_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,14 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         with open(args.config) as f:
             raw = yaml.safe_load(f) or {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    cfg = TrialConfig.from_dict(raw)
+    overrides = [(key, yaml.safe_load(value)) for key, _, value in (item.partition("=") for item in args.set)]
+    seed = next((value for key, value in reversed(overrides) if key == "seed"), raw.get("seed", TrialConfig.seed))
+    cfg = trial_config(raw, overrides, seed)
     data = load_data(cfg.data)
     teacher = None
     if cfg.loss.uses_teacher:
@@ -45,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     trainer = Trainer(cfg, data, teacher)
     for m in trainer.epochs():
-        shown = {k: round(v, 4) for k, v in m.items() if k.startswith(("train/loss", "val/acc1", "test/acc1"))}
-        print(f"epoch {m['epoch']}/{cfg.optim.epochs} {shown}", flush=True)
+        shown = {k: round(v, 4) for k, v in m.items() if k.startswith((TRAIN_LOSS, VAL_ACC1, TEST_ACC1))}
+        print(f"epoch {m[EPOCH]}/{cfg.optim.epochs} {shown}", flush=True)
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -17,12 +17,16 @@ from typing import Any, Callable
 
 from ray import tune
 
+from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_trainer_metric, result_step
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "icd_tune.trial_id"
 STUDY_RUN_TAG = "icd_tune.study_run"  # the results folder of one invocation
+END_TAG = "icd_tune.end"  # how a run ended: completed, stopped early, failed, interrupted
+TEACHER_TAG = "icd_tune.teacher"
+BEST_TRIAL_TAG = "icd_tune.best_trial"
 SECRET_PATTERN = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|credential)", re.I)
-METRIC_PREFIXES = ("train/", "val/", "test/", "time/")
 
 
 def package_versions() -> dict[str, str]:
@@ -71,7 +75,7 @@ def ui_command(tracking_uri: str) -> str:
 def numeric_metrics(result: dict) -> dict[str, float]:
     out = {}
     for key, value in result.items():
-        if key.startswith(METRIC_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_trainer_metric(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(value):
                 out[key] = float(value)
     return out
@@ -127,7 +131,7 @@ class StudyTracker:
         return runs[0].info.run_id if runs else None
 
     def last_logged_epoch(self, run_id: str) -> int:
-        history = self.client.get_metric_history(run_id, "train/loss")
+        history = self.client.get_metric_history(run_id, TRAIN_LOSS)
         return max((m.step for m in history), default=0)
 
     def end(self, run_id: str, status: str) -> None:
@@ -147,7 +151,7 @@ class MLflowTrialCallback(tune.Callback):
         self.last_epoch: dict[str, int] = {}
         self.names: dict[str, str] = {}
 
-    def _run(self, trial) -> str:
+    def child_run(self, trial) -> str:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
         client = self.tracker.client
@@ -157,7 +161,7 @@ class MLflowTrialCallback(tune.Callback):
         if run_id is None:
             run = client.create_run(self.tracker.experiment_id, run_name=name, tags={
                 **self.tags, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
-                "icd_tune.end": "running"})
+                END_TAG: "running"})
             run_id = run.info.run_id
             self.tracker.log_params(run_id, params)
             self.last_epoch[trial.trial_id] = 0
@@ -168,55 +172,55 @@ class MLflowTrialCallback(tune.Callback):
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        self.child_run(trial)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self._run(trial)
+        self.child_run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric, RunTag
 
-        run_id = self._run(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        run_id = self.child_run(trial)
+        epoch = result_step(result)
         if epoch <= self.last_epoch.get(trial.trial_id, 0):
             return  # already logged before an interruption
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, epoch) for k, v in numeric_metrics(result).items()]
-        metrics.append(Metric("epoch", float(epoch), now, epoch))
+        metrics.append(Metric(EPOCH, float(epoch), now, epoch))
         tags = []
         if result.get("node_ip"):
             tags.append(RunTag("ray.node_ip", str(result["node_ip"])))
         if result.get("hostname"):
             tags.append(RunTag("ray.hostname", str(result["hostname"])))
-        if result.get("trial/node_id"):
-            tags.append(RunTag("ray.node_id", str(result["trial/node_id"])))
+        if result.get(NODE_ID):
+            tags.append(RunTag("ray.node_id", str(result[NODE_ID])))
         self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.last_epoch[trial.trial_id] = epoch
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run(trial)
+        run_id = self.child_run(trial)
         result = trial.last_result or {}
-        epoch = int(result.get("epoch", 0) or 0)
-        if result.get("trial/diverged"):
-            reason = f"failed: {result.get('trial/error', 'diverged')}"
+        epoch = epochs_done(result)
+        if result.get(DIVERGED):
+            reason = f"failed: {result.get(ERROR, 'diverged')}"
             status = "FAILED"
         elif epoch < self.max_epochs:
             reason, status = f"stopped early at epoch {epoch}", "FINISHED"
         else:
             reason, status = "completed", "FINISHED"
-        self.tracker.client.set_tag(run_id, "icd_tune.end", reason)
+        self.tracker.client.set_tag(run_id, END_TAG, reason)
         self.tracker.end(run_id, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run(trial)
-        self.tracker.client.set_tag(run_id, "icd_tune.end", f"failed: {trial_error_text(trial)}"[:5000])
+        run_id = self.child_run(trial)
+        self.tracker.client.set_tag(run_id, END_TAG, f"failed: {trial_error_text(trial)}"[:5000])
         self.tracker.end(run_id, "FAILED")
 
     def mark_interrupted(self) -> None:
         for run_id in self.runs.values():
             run = self.tracker.client.get_run(run_id)
             if run.info.status == "RUNNING":
-                self.tracker.client.set_tag(run_id, "icd_tune.end", "interrupted")
+                self.tracker.client.set_tag(run_id, END_TAG, "interrupted")
                 self.tracker.end(run_id, "KILLED")
 
 

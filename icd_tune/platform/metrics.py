@@ -1,0 +1,77 @@
+"""Metric names: what the trainer reports each epoch, what a Tune trial adds, what a study logs.
+
+The trainer (``icd_tune.method.train``) emits the names below; the platform names
+them only through this module, and a test compares ``trainer_metrics()`` with a
+real epoch's output, so a renamed metric cannot drift silently.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+EPOCH = "epoch"
+
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC1 = "train/acc1"
+TRAIN_LR = "train/lr"
+# Only trials with an ICD head (contrastive or invariance weight > 0) report it.
+TRAIN_LOGIT_SCALE = "train/logit_scale"
+EPOCH_SECONDS = "time/epoch_seconds"
+IMAGES_PER_SECOND = "time/images_per_second"
+# Validation only when the data keeps a validation split (val_fraction > 0).
+VAL_ACC1 = "val/acc1"
+VAL_ACC5 = "val/acc5"
+VAL_BEST_ACC1 = "val/best_acc1"
+VAL_BEST_EPOCH = "val/best_epoch"
+TEST_ACC1 = "test/acc1"
+TEST_ACC5 = "test/acc5"
+# Test accuracy at the epoch of best val/acc1: selected on validation, never on test.
+TEST_ACC1_AT_BEST_VAL = "test/acc1_at_best_val"
+TEST_ACC5_AT_BEST_VAL = "test/acc5_at_best_val"
+
+# The ICD distiller's loss terms; each is reported unweighted as train/loss_<term>.
+ICD_LOSS_TERMS = ("ce", "kd", "contrastive", "invariance")
+
+# Every trainer metric except ``epoch`` starts with one of these.
+METRIC_PREFIXES = ("train/", "val/", "test/", "time/")
+
+# Added to a trial's results by the Tune trainable.
+NODE_ID = "trial/node_id"
+DIVERGED = "trial/diverged"
+ERROR = "trial/error"
+
+# Ray Tune's own result counter: the step when a result carries no epoch.
+TRAINING_ITERATION = "training_iteration"
+
+# Logged on a study's MLflow parent run.
+STUDY_WALL_SECONDS = "study/wall_seconds"
+BEST_PREFIX = "best/"
+
+
+def loss_term(term: str) -> str:
+    return f"{TRAIN_LOSS}_{term}"
+
+
+def trainer_metrics(loss_terms: Iterable[str] = ICD_LOSS_TERMS) -> tuple[str, ...]:
+    """Every name one epoch of the trainer can report, for a distiller with these loss terms."""
+    return (TRAIN_LOSS, *(loss_term(t) for t in loss_terms), TRAIN_ACC1, TRAIN_LR, TRAIN_LOGIT_SCALE,
+            EPOCH_SECONDS, IMAGES_PER_SECOND, VAL_ACC1, VAL_ACC5, VAL_BEST_ACC1, VAL_BEST_EPOCH, TEST_ACC1,
+            TEST_ACC5, TEST_ACC1_AT_BEST_VAL, TEST_ACC5_AT_BEST_VAL, EPOCH)
+
+
+TRAINER_METRICS = trainer_metrics()
+
+
+def is_trainer_metric(name: str) -> bool:
+    """True for the trainer's slash-named metrics (``epoch`` aside), false for Ray's and the trial's own."""
+    return name.startswith(METRIC_PREFIXES)
+
+
+def result_step(result: Mapping) -> int:
+    """The epoch a Tune result reports, else Ray's iteration count (results of other trainables)."""
+    return int(result.get(EPOCH, result.get(TRAINING_ITERATION, 0)))
+
+
+def epochs_done(result: Mapping) -> int:
+    """The epoch a trial's last result reached; 0 when it reported none."""
+    return int(result.get(EPOCH, 0) or 0)

@@ -1,0 +1,88 @@
+"""The one place that reaches into Ray Tune's and Optuna's private attributes.
+
+Each function stands in for a public API that Ray or Optuna does not offer, and
+says which. Checked against ray 2.60.0 (ray/tune/search/optuna/optuna_search.py,
+ray/tune/tuner.py, ray/tune/impl/tuner_internal.py) and optuna 5.0.0
+(optuna/study/study.py, optuna/trial/_trial.py, optuna/trial/_frozen.py).
+pyproject.toml bounds both below their next major version; before raising a
+bound, re-read those files for each function here. The tests that break first
+when one changes: tests/test_platform.py (searcher, resume) and
+tests/test_resilience.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def searcher_study(searcher) -> Any:
+    """The ``optuna.Study`` an ``OptunaSearch`` asks and tells.
+
+    Stands in for a public ``OptunaSearch.study`` (there is none); the same study
+    could be reopened with ``optuna.load_study(study_name=..., storage=...)``, but
+    that is a second handle whose trials the searcher never sees.
+    """
+    return searcher._ot_study
+
+
+def searcher_trials(searcher) -> dict[str, Any]:
+    """Ray trial id -> the ``optuna.Trial`` the searcher asked for it.
+
+    Stands in for a public mapping of Tune trials to Optuna trials (there is none).
+    """
+    return searcher._ot_trials
+
+
+def searcher_closed_trials(searcher) -> set[str]:
+    """The Ray trial ids whose Optuna trial the searcher has told (it ignores their later results).
+
+    Stands in for a public ``OptunaSearch`` record of finished trials (there is none);
+    the set is mutable, and adding to it is how a subclass closes a trial for Ray.
+    """
+    return searcher._completed_trials
+
+
+def optuna_trial_id(trial) -> int:
+    """The storage id of an ``optuna.Trial`` or ``FrozenTrial``.
+
+    Stands in for a public trial id; the public ``number`` counts within a study,
+    while Optuna's storage API addresses trials by this id.
+    """
+    return trial._trial_id
+
+
+def study_storage(study) -> Any:
+    """The ``BaseStorage`` behind an ``optuna.Study``.
+
+    Stands in for a public ``Study.storage`` (``optuna.Trial.storage`` exists, a
+    ``Study`` and a ``FrozenTrial`` offer none).
+    """
+    return study._storage
+
+
+def stored_trial(study, trial) -> Any:
+    """The storage's current ``FrozenTrial`` of ``trial``, which may have been finished by another process.
+
+    Public stand-in: ``study.get_trials(deepcopy=False)`` filtered on ``number``, which
+    reads every trial of the study at each call.
+    """
+    return study_storage(study).get_trial(optuna_trial_id(trial))
+
+
+def set_stored_user_attr(study, trial, key: str, value: Any) -> None:
+    """Sets a user attribute on a trial known only as a ``FrozenTrial``.
+
+    ``FrozenTrial.set_user_attr`` changes the local copy only; the public
+    ``optuna.Trial(study, trial_id)`` needs the private id as well.
+    """
+    study_storage(study).set_trial_user_attr(optuna_trial_id(trial), key, value)
+
+
+def set_restored_callbacks(tuner, callbacks: list) -> None:
+    """Gives a ``Tuner.restore``-d run this invocation's callbacks instead of the pickled ones.
+
+    Stands in for a ``run_config=`` (or ``callbacks=``) argument of ``Tuner.restore``,
+    which takes none: the restored run would otherwise log through the callbacks
+    pickled by the interrupted driver, bound to its MLflow client and parent run.
+    """
+    tuner._local_tuner._run_config.callbacks = callbacks

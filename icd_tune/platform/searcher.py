@@ -1,0 +1,99 @@
+"""The study's Optuna searcher: TPE through Ray Tune, with ASHA-stopped trials PRUNED, not COMPLETE.
+
+Ray's ``OptunaSearch`` tells Optuna COMPLETE with the early value when ASHA stops a
+trial, which TPE then treats as a finished result. This one tells PRUNED with the
+last value, FAIL for diverged or errored trials, and survives a killed driver:
+orphaned Optuna trials are closed, replayed results for closed trials skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from .metrics import DIVERGED, EPOCH, ERROR, result_step
+from .ray_internals import (optuna_trial_id, searcher_closed_trials, searcher_study, searcher_trials,
+                            set_stored_user_attr, stored_trial)
+from .study import Study
+
+ORPHANED = "orphaned: its driver was interrupted before Ray recorded it"
+
+
+class StudyOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A trial reporting fewer epochs than this when it ends was stopped early.
+        self.max_epochs = max_epochs
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        created = super().set_search_properties(metric, mode, config, **spec)
+        if created:
+            study = searcher_study(self)
+            # Recorded with the study: TPE's defaults change between Optuna releases.
+            study.set_user_attr("optuna_version", optuna.__version__)
+            study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
+        return created
+
+    def restore(self, checkpoint_path):
+        super().restore(checkpoint_path)
+        # A driver killed between Optuna's ask() and Ray's next snapshot leaves an Optuna trial
+        # that no Ray trial will ever report to; close it so TPE and the dashboard do not wait on it.
+        study = searcher_study(self)
+        known = {optuna_trial_id(t) for t in searcher_trials(self).values()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if optuna_trial_id(frozen) not in known:
+                set_stored_user_attr(study, frozen, "failure", ORPHANED)
+                study.tell(frozen.number, state=TrialState.FAIL)
+
+    def closed_in_optuna(self, trial_id) -> bool:
+        # After a killed driver resumes, Ray's snapshot can predate Optuna's record: a trial
+        # Optuna already closed may report again. Optuna refuses updates to it; skip them.
+        ot_trial = searcher_trials(self)[trial_id]
+        return stored_trial(searcher_study(self), ot_trial).state.is_finished()
+
+    def on_trial_result(self, trial_id, result):
+        asked, closed = searcher_trials(self), searcher_closed_trials(self)
+        if trial_id in asked and self.closed_in_optuna(trial_id):
+            closed.add(trial_id)
+            return
+        if self.metric in result and trial_id not in closed:
+            value = result[self.metric]
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                asked[trial_id].report(float(value), result_step(result))
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        asked, closed = searcher_trials(self), searcher_closed_trials(self)
+        if trial_id in closed or trial_id not in asked:
+            return
+        if self.closed_in_optuna(trial_id):
+            closed.add(trial_id)
+            return
+        study, ot_trial = searcher_study(self), asked[trial_id]
+        value = (result or {}).get(self.metric)
+        diverged = bool((result or {}).get(DIVERGED))
+        if error or diverged or value is None or not math.isfinite(value):
+            if diverged:
+                ot_trial.set_user_attr("failure", str(result.get(ERROR)))
+            study.tell(ot_trial, state=TrialState.FAIL)
+        elif int(result.get(EPOCH, self.max_epochs)) < self.max_epochs:
+            # Ray skips the searcher for the result that stops a trial; report it here, since
+            # Optuna takes the last intermediate value as a pruned trial's value.
+            epoch = result_step(result)
+            if epoch not in stored_trial(study, ot_trial).intermediate_values:
+                ot_trial.report(float(value), epoch)
+            study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
+        closed.add(trial_id)
+
+
+def make_searcher(study: Study, storage_url: str, max_epochs: int) -> StudyOptunaSearch:
+    """TPE seeded from the study, its Optuna study persisted at ``storage_url`` under the study's name."""
+    storage = optuna.storages.RDBStorage(storage_url)
+    sampler = optuna.samplers.TPESampler(seed=study.settings.search.seed)
+    return StudyOptunaSearch(metric=study.settings.metric, mode=study.settings.metric_mode, sampler=sampler,
+                             storage=storage, study_name=study.name, max_epochs=max_epochs)

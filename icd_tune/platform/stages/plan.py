@@ -1,0 +1,161 @@
+"""Stage 1, the plan: which trials, with what resources, in which folder, fresh or resumed. No Ray.
+
+Folders are resolved here, before Ray starts: trials run with their own folder as
+working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...method.config import TrialConfig
+from ..preflight import StudyRunError
+from ..study import Study
+from ..study_settings import StudySettings
+from ..trainable import TrialRunSettings
+from ..trials import TrialDescriber, TrialPoint, trial_config
+
+STATE_FILE = "study_state.json"
+
+
+@dataclass
+class RunOptions:
+    smoke: bool = False
+    resume: bool = False
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    data_dir: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    verbose: bool = False
+    results_dir: str | None = None
+    extra_callbacks: list = field(default_factory=list)
+
+
+@dataclass
+class StudyPlan:
+    study: Study
+    opts: RunOptions
+    base: dict  # plain trial defaults for this run: --data-dir, the device and smoke caps applied
+    cpus: float
+    gpus: float
+    max_epochs: int
+    points: list[TrialPoint] | None  # None: a search samples its trials
+    trial0: TrialConfig  # the first trial's config: data, teacher and cache settings come from it
+    needs_teacher: bool
+    results_root: Path
+    run_folder: Path
+    # The run's study_state.json: read back on --resume, written as the run goes.
+    state: dict
+    storage_path: str
+    tracking_uri: str
+
+    @property
+    def settings(self) -> StudySettings:
+        return self.study.settings
+
+    @property
+    def planned_trials(self) -> int:
+        return len(self.points) if self.points else self.settings.search.num_samples
+
+    @property
+    def searching(self) -> bool:
+        return self.settings.mode == "search" and not self.opts.smoke
+
+    @property
+    def experiment_name(self) -> str:
+        return self.study.name + ("-smoke" if self.opts.smoke else "")
+
+    @property
+    def parent_run_name(self) -> str:
+        return self.study.name + (" (smoke)" if self.opts.smoke else "")
+
+    @property
+    def teacher_dir(self) -> str:
+        return self.trial0.teacher.cache_dir or str(self.results_root / "teachers")
+
+    @property
+    def experiment_path(self) -> str:
+        if "://" in self.storage_path:
+            return self.storage_path.rstrip("/") + "/tune"
+        return str(Path(self.storage_path) / "tune")
+
+    def run_settings(self) -> TrialRunSettings:
+        return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
+                                checkpoint_every=self.settings.checkpoint_every)
+
+    def describer(self) -> TrialDescriber:
+        return TrialDescriber(self.base, self.settings.seeds[0])
+
+    def save_state(self) -> None:
+        (self.run_folder / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+
+
+def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
+    settings = study.settings
+    base = dict(study.base)
+    if opts.data_dir:
+        base["data"] = {**base["data"], "root": str(Path(opts.data_dir).expanduser().resolve())}
+    cpus = opts.cpus_per_trial or settings.cpus_per_trial
+    gpus = settings.gpus_per_trial if opts.gpus_per_trial is None else opts.gpus_per_trial
+    if gpus == 0 and base.get("device") == "auto":
+        base["device"] = "cpu"  # a trial without a GPU share must not grab one
+    max_epochs = study.max_epochs()
+    points = study.grid_points() if settings.mode == "grid" else None
+    if opts.smoke:
+        points = [study.first_point()]
+        base = smoke_base(base, settings)
+        max_epochs = settings.smoke.epochs
+
+    results_root = Path(opts.results_dir or settings.results_dir).expanduser().resolve()
+    run_folder, state = run_folder_and_state(study, opts, results_root / study.name)
+    # One experiment folder per invocation, also under shared storage, so studies never collide.
+    storage_path = state.get("storage") or (
+        f"{opts.storage.rstrip('/')}/{study.name}/{run_folder.name}" if opts.storage else str(run_folder / "ray"))
+    tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+                    or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
+
+    first = points[0] if points else study.first_point()
+    trial0 = trial_config(base, first.overrides, first.seed)
+    # Data and teacher are loaded on the driver; they reach the trials through Ray's object store.
+    needs_teacher = any(
+        trial_config(base, p.overrides, p.seed).loss.uses_teacher for p in (points or [study.first_point()])
+    ) or settings.mode == "search"
+    return StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
+                     trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
+                     state=state, storage_path=storage_path, tracking_uri=tracking_uri)
+
+
+def smoke_base(base: dict, settings: StudySettings) -> dict:
+    """Trial defaults capped for a smoke run: few epochs, few steps, a briefly trained teacher."""
+    smoke = settings.smoke
+    teacher = {**base["teacher"], "optim": {**base["teacher"]["optim"], "epochs": smoke.teacher_epochs}}
+    return {**base, "optim": {**base["optim"], "epochs": smoke.epochs}, "max_steps_per_epoch": smoke.max_steps,
+            "teacher": teacher}
+
+
+def run_folder_and_state(study: Study, opts: RunOptions, study_root: Path) -> tuple[Path, dict]:
+    """A fresh, time-stamped run folder, or with --resume the latest earlier one and its saved state."""
+    if opts.resume:
+        run_folder = latest_run_folder(study_root, smoke=opts.smoke)
+        if run_folder is None:
+            raise StudyRunError(f"nothing to resume: no earlier run of '{study.name}' under {study_root}")
+        return run_folder, json.loads((run_folder / STATE_FILE).read_text())
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
+    return study_root / stamp, {}
+
+
+def latest_run_folder(study_root: Path, smoke: bool = False) -> Path | None:
+    # A smoke check run after a study must not be what `--resume` picks up, nor the reverse.
+    candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE) if p.parent.name.endswith("-smoke") == smoke)
+    return candidates[-1].parent if candidates else None
+
+
+def planned_trial_epochs(study: Study) -> int:
+    return study.planned_trials() * study.max_epochs()

@@ -1,0 +1,200 @@
+"""Stage 2: what the trials need before Tune starts: checks, Ray, the data, the teacher, its output cache.
+
+Everything that can be checked up front is, before anything is written. The data
+and the teacher are loaded on the driver and reach the trials through Ray's object
+store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..metrics import EPOCH, TEST_ACC1
+from ..preflight import (StudyRunError, check_experiment_storage, check_folder_writable, check_free_space,
+                         check_tracking_store, estimate_disk_bytes)
+from ..trainable import OutputCacheSpec
+from .plan import StudyPlan, planned_trial_epochs
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ...method.data import DataBundle
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    data: DataBundle
+    hosts: set[str]  # the Ray cluster's live hosts
+    teacher: nn.Module | None = None  # frozen, on the CPU; None when no trial needs one
+    teacher_info: dict = field(default_factory=lambda: {"source": "none"})
+    output_cache: OutputCacheSpec | None = None
+
+
+def prepare(plan: StudyPlan, log: Log) -> Prepared:
+    data = check_inputs(plan)
+    start_ray(plan)
+    hosts = cluster_hosts()
+    check_experiment_storage(plan.storage_path, hosts)
+    create_run_folder(plan)
+    announce(plan, log)
+    prepared = Prepared(data=data, hosts=hosts)
+    if plan.needs_teacher:
+        prepared.teacher, prepared.teacher_info = load_teacher(plan, data, log)
+        prepared.output_cache = prepare_output_cache(plan, prepared, log)
+    return prepared
+
+
+def check_inputs(plan: StudyPlan) -> DataBundle:
+    """The teacher checkpoint, the data, the results folder, the tracking store and free disk; returns the data."""
+    from ...method.data import load_data, num_classes, train_size
+    from ...method.teachers import load_teacher_checkpoint
+
+    trial0 = plan.trial0
+    if trial0.teacher.checkpoint:
+        load_teacher_checkpoint(trial0.teacher.checkpoint, trial0.teacher.arch, num_classes(trial0.data))
+    data = load_data(trial0.data)  # a missing dataset fails here, before anything is written
+    check_folder_writable(plan.run_folder, "results folder")
+    check_tracking_store(plan.tracking_uri)
+    check_free_space(plan.run_folder, max(int(plan.settings.min_free_gb * 2**30),
+                                          estimate_disk_bytes(plan.study, trial0, train_size(trial0.data))))
+    return data
+
+
+def start_ray(plan: StudyPlan) -> None:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
+    # instance rather than attaching to whatever cluster happens to run on this machine.
+    opts = plan.opts
+    address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
+                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
+    except Exception as err:  # ConnectionError, auth and version mismatches all land here
+        raise StudyRunError(f"cannot join the Ray cluster at {address}: {type(err).__name__}: {err}") from None
+
+
+def cluster_hosts() -> set[str]:
+    import ray
+
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+
+
+def create_run_folder(plan: StudyPlan) -> None:
+    try:
+        plan.run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
+    except OSError as err:
+        raise StudyRunError(f"results folder {plan.run_folder} cannot be created: {err.strerror or err}") from None
+    study = plan.study
+    plan.state.update({"study": study.name, "source": study.source, "storage": plan.storage_path,
+                       "tracking_uri": plan.tracking_uri, "smoke": plan.opts.smoke, "status": "running"})
+
+
+def announce(plan: StudyPlan, log: Log) -> None:
+    from ..tracking import ui_command
+
+    study = plan.study
+    log(f"study '{study.name}': {plan.planned_trials} trials, "
+        f"up to {plan.max_epochs} epochs each; results in {plan.run_folder}")
+    log(f"MLflow tracking URI: {plan.tracking_uri}")
+    log(f"open the UI:  {ui_command(plan.tracking_uri)}")
+
+
+def driver_device(plan: StudyPlan) -> str:
+    """Where the driver trains the teacher and builds its cache: the trials' device when they get a GPU share."""
+    return plan.trial0.device if plan.gpus else "cpu"
+
+
+def load_teacher(plan: StudyPlan, data: DataBundle, log: Log) -> tuple[nn.Module, dict]:
+    from ...method.teachers import get_teacher
+
+    trial0 = plan.trial0
+    train_fn = None
+    if plan.gpus or plan.opts.address:
+        # On a cluster the driver may sit on a CPU-only head: train where a trial would run.
+        train_fn = remote_teacher_training(trial0, data, plan.cpus, 1 if plan.gpus else 0)
+    teacher, info = get_teacher(
+        trial0.teacher, data, trial0.data, device=driver_device(plan), cache_dir=plan.teacher_dir,
+        log=lambda m: log(m), train_fn=train_fn,
+        callback=lambda m: log(f"  teacher epoch {m[EPOCH]}: {TEST_ACC1} {m.get(TEST_ACC1, float('nan')):.2f}"))
+    return teacher.cpu().eval(), info
+
+
+def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) -> Callable[[], nn.Module]:
+    import ray
+
+    def train() -> object:
+        from ...method.models import create_model
+
+        @ray.remote(num_cpus=cpus, num_gpus=gpus)
+        def train_on_worker(teacher_cfg, bundle, data_cfg):
+            import torch
+
+            from ...method.teachers import train_teacher
+
+            torch.set_num_threads(max(1, int(cpus)))
+            model = train_teacher(teacher_cfg, bundle, data_cfg, device="auto")
+            return {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.final_metrics
+
+        state, final = ray.get(train_on_worker.remote(trial0.teacher, data, trial0.data))
+        model = create_model(trial0.teacher.arch, data.num_classes)
+        model.load_state_dict(state)
+        model.final_metrics = final
+        return model.eval()
+
+    return train
+
+
+def prepare_output_cache(plan: StudyPlan, prepared: Prepared, log: Log) -> OutputCacheSpec | None:
+    """Decides on the teacher-output cache and, on a single host, builds it once here."""
+    trial0, data, teacher = plan.trial0, prepared.data, prepared.teacher
+    on_cluster = len(prepared.hosts) > 1 or bool(plan.opts.address)
+    enabled, reason = cache_decision(plan.study, trial0, data.num_train, getattr(teacher, "feature_dim"),
+                                     data.num_classes, smoke=plan.opts.smoke, on_cluster=on_cluster)
+    log(f"teacher-output cache: {reason}")
+    if not enabled:
+        return None
+    spec = OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=trial0.teacher.cache_dtype)
+    if not on_cluster:
+        from ...method.device import resolve_device
+        from ...method.output_cache import get_or_build_cache
+
+        # Built here once, so that trials open it instead of queueing on the build lock.
+        cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
+                                   device=resolve_device(driver_device(plan)), log=log)
+        prepared.teacher_info["output_cache"] = str(cache.path)
+    return spec
+
+
+def cache_decision(study, trial0, num_train: int, feature_dim: int, num_classes: int,
+                   smoke: bool = False, on_cluster: bool = False) -> tuple[bool, str]:
+    """Whether this study reads the teacher's outputs from the exact cache, and why."""
+    from ...method.output_cache import build_cost_teacher_epochs, cache_size_bytes
+    from ...method.teacher_outputs import decide_cache
+
+    setting = trial0.teacher.cache
+    size = cache_size_bytes(num_train, feature_dim, num_classes, trial0.teacher.cache_dtype)
+    enabled, reason = decide_cache(setting, trial0.data.augment, size, trial0.teacher.cache_memory_budget_gb)
+    if enabled and setting == "auto":
+        cost = build_cost_teacher_epochs()
+        planned = planned_trial_epochs(study)
+        if smoke:
+            return False, "off for a smoke run (teacher.cache: on forces it)"
+        if planned < cost:
+            # Building costs 162 teacher-epochs; a study that runs fewer trial-epochs pays more than it saves
+            return False, (f"off: this study runs {planned} trial-epochs, fewer than the {cost} teacher-epochs "
+                           f"building it costs (set teacher.cache: on to build it anyway)")
+    if enabled and on_cluster:
+        reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
+    return enabled, reason

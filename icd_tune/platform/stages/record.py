@@ -1,0 +1,110 @@
+"""Stage 5: Ray's results as trial records, the report files, the parent run's summary.
+
+Records follow the layout ``icd_tune.platform.report`` documents; the report
+(text, Parquet, plots) is written by ``report.write_report``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..metrics import DIVERGED, EPOCH, ERROR, epochs_done, is_trainer_metric
+from ..report import write_report
+from ..tracking import ui_command, ui_runs_url
+from ..trials import TrialDescriber, point_of
+from .plan import StudyPlan
+from .track import ParentRun, close_with_summary
+from .tune import TuneOutcome
+
+RESOLVED_FILE = "study_resolved.json"
+
+
+@dataclass
+class StudyResult:
+    run_folder: Path
+    trials: list[dict]
+    history: list[dict]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    wall_seconds: float
+    report: str
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
+                      log: Callable[[str], None]) -> StudyResult:
+    study, settings = plan.study, plan.settings
+    trials, history = trial_records(outcome.result_grid, plan.describer(), plan.max_epochs)
+    factors = [f.name for f in study.factors] if not plan.opts.smoke else []
+    paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
+                         metric=settings.report_metric, mode=settings.metric_mode)
+    report_text = paths["report.txt"].read_text()
+    resolved = plan.run_folder / RESOLVED_FILE
+    resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
+                                   default=str))
+    close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
+                       outcome.wall_seconds)
+    plan.state["status"] = "finished"
+    plan.save_state()
+    log(report_text)
+    log(f"results: {plan.run_folder}")
+    log(f"MLflow tracking URI: {plan.tracking_uri}")
+    log(f"open the UI:  {ui_command(plan.tracking_uri)}")
+    log(f"compare the trials:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
+    return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
+                       experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
+                       wall_seconds=outcome.wall_seconds, report=report_text)
+
+
+def trial_records(result_grid, describe: TrialDescriber, max_epochs: int) -> tuple[list[dict], list[dict]]:
+    """One record per trial (status, final metrics, error) and one history row per reported epoch."""
+    trials, history = [], []
+    for result in result_grid:
+        record = trial_record(result, describe, max_epochs)
+        trials.append(record)
+        history += history_rows(result, record["trial_id"])
+    return trials, history
+
+
+def trial_record(result, describe: TrialDescriber, max_epochs: int) -> dict:
+    config = result.config or {}
+    name, params = describe(config)
+    point = point_of(config, 0)  # the seed default never applies: grid points and search spaces name it
+    metrics = result.metrics or {}
+    trial_id = metrics.get("trial_id") or (result.path and Path(result.path).name) or name
+    epoch = epochs_done(metrics)
+    error = None
+    if result.error is not None:
+        status, error = "failed", str(result.error).strip().splitlines()[-1] if str(result.error).strip() else "error"
+    elif metrics.get(DIVERGED):
+        status, error = "failed", str(metrics.get(ERROR))
+    elif epoch < max_epochs:
+        status = "stopped"
+    else:
+        status = "completed"
+    finals = {k: v for k, v in metrics.items() if is_trainer_metric(k)
+              and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"trial_id": trial_id, "name": name, "levels": point.levels, "params": params,
+            "seed": point.seed, "status": status, "epochs": epoch, "final": finals, "error": error}
+
+
+def history_rows(result, trial_id: str) -> list[dict]:
+    df = result.metrics_dataframe
+    if df is None or not len(df):
+        return []
+    rows = []
+    keep = [c for c in df.columns if c == EPOCH or is_trainer_metric(c)]
+    for row in df[keep].to_dict("records"):
+        if EPOCH in row and row[EPOCH] == row[EPOCH]:
+            row = {k: v for k, v in row.items() if v == v}
+            row["trial_id"] = trial_id
+            row[EPOCH] = int(row[EPOCH])
+            rows.append(row)
+    return rows

@@ -1,0 +1,74 @@
+"""Stage 3: the study's MLflow parent run, opened (or reopened on --resume) before any trial starts.
+
+Each trial's child run hangs under it (``tracking.MLflowTrialCallback``); the
+record stage closes it with the study's summary, an interruption with KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ...method.schema import flatten, to_dict
+from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
+from ..tracking import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
+from .plan import StudyPlan
+from .prepare import Prepared
+
+
+@dataclass
+class ParentRun:
+    tracker: StudyTracker
+    run_id: str
+    tags: dict[str, str]  # versions and git commit, on the parent and every child run
+
+    @property
+    def experiment_id(self) -> str:
+        return self.tracker.experiment_id
+
+
+def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
+    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
+    tags = common_tags()
+    params = {f"study.{k}": v for k, v in flatten(to_dict(plan.settings)).items()}
+    params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
+    run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
+                                  plan.state.get("parent_run_id"))
+    plan.state["parent_run_id"] = run_id
+    plan.state["experiment_id"] = tracker.experiment_id
+    plan.save_state()
+    return ParentRun(tracker, run_id, tags)
+
+
+def close_interrupted(parent: ParentRun, trial_logger) -> None:
+    """Marks the running child runs and the parent run as interrupted (KILLED); --resume reopens them."""
+    trial_logger.mark_interrupted()
+    parent.tracker.client.set_tag(parent.run_id, END_TAG, "interrupted")
+    parent.tracker.end(parent.run_id, "KILLED")
+
+
+def close_with_summary(parent: ParentRun, artifacts: Iterable[Path], trials: list[dict], metric: str, mode: str,
+                       wall_seconds: float) -> None:
+    """Attaches the report files, the best trial's final metrics and the study's wall time; ends FINISHED."""
+    client = parent.tracker.client
+    for path in artifacts:
+        client.log_artifact(parent.run_id, str(path))
+    log_best_trial(parent, trials, metric, mode)
+    client.log_metric(parent.run_id, STUDY_WALL_SECONDS, wall_seconds)
+    failed = sum(t["status"] == "failed" for t in trials)
+    client.set_tag(parent.run_id, END_TAG, f"{len(trials)} trials, {failed} failed")
+    parent.tracker.end(parent.run_id, "FINISHED")
+
+
+def log_best_trial(parent: ParentRun, trials: list[dict], metric: str, mode: str) -> None:
+    ok = [t for t in trials if t["status"] != "failed" and metric in t["final"]]
+    if not ok:
+        return
+    best = (max if mode == "max" else min)(ok, key=lambda t: t["final"][metric])
+    for key, value in best["final"].items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parent.tracker.client.log_metric(parent.run_id, f"{BEST_PREFIX}{key}", float(value))
+    parent.tracker.client.set_tag(parent.run_id, BEST_TRIAL_TAG, best["name"])

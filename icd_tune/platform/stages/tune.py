@@ -1,0 +1,126 @@
+"""Stage 4: the trials on Ray Tune: the trainable, a grid or the Optuna searcher, ASHA, the callbacks.
+
+A fresh run builds a Tuner; --resume restores the interrupted one from its
+experiment folder. Returns Ray's result grid and the wall time the trials took.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ray import tune
+
+from ..metrics import EPOCH
+from ..progress import ProgressCallback
+from ..ray_internals import set_restored_callbacks
+from ..searcher import make_searcher
+from ..study import Study
+from ..tracking import MLflowTrialCallback
+from ..trainable import icd_trainable
+from .plan import StudyPlan
+from .prepare import Prepared
+from .track import ParentRun, close_interrupted
+
+
+@dataclass
+class TuneOutcome:
+    result_grid: Any  # ray.tune.ResultGrid
+    wall_seconds: float
+
+
+@dataclass
+class TrialSpace:
+    """What Tune samples: a grid of planned points, or the searcher's draws from the search space."""
+
+    param_space: dict
+    searcher: Any  # searcher.StudyOptunaSearch, or None for a grid
+    num_samples: int
+
+
+def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Callable[[str], None]) -> TuneOutcome:
+    describe = plan.describer()
+    trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags)
+    progress = ProgressCallback(plan.planned_trials, plan.max_epochs, plan.settings.metric, plan.settings.metric_mode,
+                                describe=describe)
+    callbacks = [trial_logger, progress, *plan.opts.extra_callbacks]
+    snapshot_every_step()
+    trainable = tune.with_resources(
+        tune.with_parameters(icd_trainable, data=prepared.data, teacher=prepared.teacher, base=plan.base,
+                             run_settings=plan.run_settings(), output_cache=prepared.output_cache),
+        {"cpu": plan.cpus, "gpu": plan.gpus})
+    scheduler = asha_scheduler(plan)
+    space = trial_space(plan)
+    run_config = tune.RunConfig(
+        name="tune", storage_path=plan.storage_path, verbose=1 if plan.opts.verbose else 0, callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=plan.settings.max_retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        stop={EPOCH: plan.max_epochs} if plan.max_epochs < plan.trial0.optim.epochs else None)
+    tune_config = tune.TuneConfig(
+        search_alg=space.searcher, scheduler=scheduler, num_samples=space.num_samples,
+        max_concurrent_trials=plan.opts.max_concurrent or plan.settings.max_concurrent,
+        trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True)
+    started = time.time()
+    try:
+        if plan.opts.resume and tune.Tuner.can_restore(plan.experiment_path):
+            log(f"resuming {plan.experiment_path}")
+            tuner = tune.Tuner.restore(plan.experiment_path, trainable, resume_unfinished=True, resume_errored=True,
+                                       param_space=space.param_space)
+            set_restored_callbacks(tuner, callbacks)
+        else:
+            tuner = tune.Tuner(trainable, param_space=space.param_space, tune_config=tune_config, run_config=run_config)
+        result_grid = tuner.fit()
+    except KeyboardInterrupt:
+        close_interrupted(parent, trial_logger)
+        plan.state["status"] = "interrupted"
+        plan.save_state()
+        log(f"interrupted; continue with: run_ablation.py {plan.study.source} --resume")
+        raise
+    return TuneOutcome(result_grid, time.time() - started)
+
+
+def snapshot_every_step() -> None:
+    # num_to_keep forces experiment snapshots; on small, fast trials Ray warns about it at every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state at every step of Tune's loop, so a trial is on disk before it
+    # starts: a driver killed in between would otherwise leave a started trial that --resume does
+    # not know (and re-samples), with a stray run in MLflow and Optuna.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+
+
+def asha_scheduler(plan: StudyPlan):
+    """ASHA on the epoch count when the study enables it (never for a smoke run); None runs every trial out."""
+    settings = plan.settings
+    if not settings.asha.enabled or plan.opts.smoke:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr=EPOCH, metric=settings.metric, mode=settings.metric_mode,
+                         max_t=plan.max_epochs, grace_period=min(settings.asha.grace_period, plan.max_epochs),
+                         reduction_factor=settings.asha.reduction_factor)
+
+
+def trial_space(plan: StudyPlan) -> TrialSpace:
+    settings = plan.settings
+    if plan.searching:
+        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / 'optuna.db'}", plan.max_epochs)
+        return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
+                          settings.search.num_samples)
+    return TrialSpace({"point": tune.grid_search([p.to_config() for p in plan.points])}, None, 1)
+
+
+def search_domains(study: Study) -> dict:
+    out = {}
+    for key, spec in study.space.items():
+        kind = spec["type"]
+        if kind == "choice":
+            out[key] = tune.choice(spec["values"])
+        elif kind == "int":
+            out[key] = tune.lograndint(spec["low"], spec["high"] + 1) if spec["log"] else tune.randint(spec["low"], spec["high"] + 1)
+        elif spec["log"]:
+            out[key] = tune.loguniform(spec["low"], spec["high"])
+        else:
+            out[key] = tune.uniform(spec["low"], spec["high"])
+    return out

@@ -1,0 +1,93 @@
+"""A study's own settings (everything in a study file that is not a trial default), validated.
+
+The keys a study file may hold are ``STUDY_KEYS`` plus ``TRIAL_KEYS``, the trial
+defaults of ``TrialConfig`` (student, teacher, data, loss, optim, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from ..method.config import TrialConfig
+from ..method.schema import join_path, require
+from .metrics import TEST_ACC1, VAL_ACC1
+
+TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name != "seed")
+
+
+@dataclass
+class AshaConfig:
+    enabled: bool = False
+    grace_period: int = 10
+    reduction_factor: float = 3.0
+    # None means the trial's epoch budget.
+    max_epochs: Optional[int] = None
+
+    def validate(self, path: str) -> None:
+        require(self.grace_period >= 1, f"bad value {self.grace_period!r}: expected at least 1 epoch", join_path(path, "grace_period"))
+        require(self.reduction_factor > 1, f"bad value {self.reduction_factor!r}: expected a reduction factor > 1", join_path(path, "reduction_factor"))
+        if self.max_epochs is not None:
+            require(self.max_epochs >= 1, f"bad value {self.max_epochs!r}: expected at least 1", join_path(path, "max_epochs"))
+
+
+@dataclass
+class SearchConfig:
+    spaces: list[str] = field(default_factory=list)
+    space: dict = field(default_factory=dict)
+    num_samples: int = 20
+    seed: int = 0
+
+    def validate(self, path: str) -> None:
+        require(self.num_samples >= 1, f"bad value {self.num_samples!r}: expected at least 1 sample", join_path(path, "num_samples"))
+
+
+@dataclass
+class SmokeConfig:
+    epochs: int = 1
+    max_steps: int = 5
+    teacher_epochs: int = 1
+
+    def validate(self, path: str) -> None:
+        for name in ("epochs", "max_steps", "teacher_epochs"):
+            value = getattr(self, name)
+            require(value >= 1, f"bad value {value!r}: expected at least 1", join_path(path, name))
+
+
+@dataclass
+class StudySettings:
+    name: str = ""
+    description: str = ""
+    mode: Literal["grid", "search"] = "grid"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    grid: dict = field(default_factory=dict)
+    baseline: Any = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    metric: str = VAL_ACC1
+    metric_mode: Literal["max", "min"] = "max"
+    report_metric: str = TEST_ACC1
+    max_retries: int = 2
+    checkpoint_every: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: Optional[int] = None
+    results_dir: str = "results"
+    # Refuse to start with less free disk than this (or than the study's own estimate).
+    min_free_gb: float = 1.0
+    smoke: SmokeConfig = field(default_factory=SmokeConfig)
+
+    def validate(self, path: str) -> None:
+        require(bool(self.name), "required key is missing: every study needs a name", join_path(path, "name"))
+        require(len(self.seeds) >= 1, "bad value []: expected at least one seed", join_path(path, "seeds"))
+        require(len(set(self.seeds)) == len(self.seeds), f"bad value {self.seeds!r}: seeds repeat", join_path(path, "seeds"))
+        require(self.max_retries >= 0, f"bad value {self.max_retries!r}: expected >= 0", join_path(path, "max_retries"))
+        require(self.checkpoint_every >= 1, f"bad value {self.checkpoint_every!r}: expected >= 1", join_path(path, "checkpoint_every"))
+        require(self.cpus_per_trial > 0, f"bad value {self.cpus_per_trial!r}: expected > 0", join_path(path, "cpus_per_trial"))
+        require(self.gpus_per_trial >= 0, f"bad value {self.gpus_per_trial!r}: expected >= 0", join_path(path, "gpus_per_trial"))
+        if self.max_concurrent is not None:
+            require(self.max_concurrent >= 1, f"bad value {self.max_concurrent!r}: expected >= 1", join_path(path, "max_concurrent"))
+
+
+STUDY_KEYS = tuple(f.name for f in dataclasses.fields(StudySettings))

@@ -1,0 +1,95 @@
+"""The Tune trainable: one trial in a Ray worker, reported and checkpointed epoch by epoch."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID
+from .trials import point_of, trial_config
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+@dataclass
+class TrialRunSettings:
+    """What every trial of one study run shares beyond its config; saved as study_resolved.json."""
+
+    metric: str
+    seeds: list[int]
+    cpus_per_trial: float
+    checkpoint_every: int
+
+
+@dataclass
+class OutputCacheSpec:
+    """Where trials find (or, one per node, build) the teacher-output cache."""
+
+    folder: str
+    dtype: str
+
+
+def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings: TrialRunSettings | None = None,
+                  output_cache: OutputCacheSpec | None = None):
+    import torch
+    from ray import tune
+
+    from ..method.train import Trainer
+
+    point = point_of(config, run_settings.seeds[0])
+    cfg = trial_config(base, point.overrides, point.seed)
+    torch.set_num_threads(max(1, int(run_settings.cpus_per_trial)))
+    trainer = Trainer(cfg, data, teacher, teacher_outputs=cached_teacher_outputs(cfg, data, teacher, output_cache))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load(Path(folder) / CHECKPOINT_FILE)
+    report_epochs(trainer, run_settings)
+
+
+def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | None):
+    """The teacher's outputs read from this node's cache, or None for the live teacher."""
+    if output_cache is None or not cfg.loss.uses_teacher:
+        return None
+    from ..method.device import resolve_device
+    from ..method.output_cache import get_or_build_cache
+    from ..method.teacher_outputs import CachedTeacher
+
+    # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
+    cache = get_or_build_cache(teacher, data, output_cache.folder, dtype=output_cache.dtype,
+                               device=resolve_device(cfg.device), log=print, progress=False)
+    return CachedTeacher(cache)
+
+
+def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
+    import ray
+    from ray import tune
+
+    from ..method.train import DivergenceError
+
+    node_id = ray.get_runtime_context().get_node_id()
+    metric = run_settings.metric
+    every = int(run_settings.checkpoint_every)
+    last_value = None
+    try:
+        for metrics in trainer.epochs():
+            # Schedulers and searchers need the metric in every result, also on epochs without evaluation.
+            metrics[NODE_ID] = node_id
+            if metric in metrics:
+                last_value = metrics[metric]
+            elif last_value is not None:
+                metrics[metric] = last_value
+            if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:
+                with tempfile.TemporaryDirectory() as folder:
+                    trainer.save(Path(folder) / CHECKPOINT_FILE)
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(metrics)
+    except DivergenceError as err:
+        # Divergence is deterministic: report it as this trial's end instead of raising, which
+        # would make Ray retry the same computation.
+        final = {EPOCH: err.epoch, DIVERGED: 1.0, ERROR: str(err)}
+        # Tune insists on the metric in every result; NaN marks "no value" for the searcher and scheduler.
+        final[metric] = last_value if last_value is not None else float("nan")
+        tune.report(final)

@@ -1,0 +1,96 @@
+"""What a trial is: a planned point, its resolved and validated config, the name it is shown under.
+
+``trial_config`` is the one way a study's trial defaults, a point's overrides and
+a seed become a ``TrialConfig``; the study, the Tune trainable, the single-trial
+command and the tests all go through it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Union
+
+from ..method.config import TrialConfig
+from ..method.schema import flatten
+
+# Dotted key -> value, applied in order (a list keeps repeated keys of a command line).
+Overrides = Union[Mapping[str, Any], Iterable[tuple[str, Any]]]
+
+
+@dataclass
+class TrialPoint:
+    """One planned trial: its display name, factor levels, seed and key overrides."""
+
+    name: str
+    levels: dict[str, Any]
+    seed: int
+    overrides: dict[str, Any]
+
+    def to_config(self) -> dict:
+        return {"name": self.name, "levels": self.levels, "seed": self.seed, "overrides": self.overrides}
+
+
+def short_name(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[leaf] = value
+
+
+def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
+    """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set."""
+    data = copy.deepcopy(dict(base))
+    for key, value in (overrides.items() if isinstance(overrides, Mapping) else overrides):
+        set_path(data, key, value)
+    data["seed"] = seed
+    return data
+
+
+def trial_config(base: Mapping, overrides: Overrides, seed: Any) -> TrialConfig:
+    """``base`` (plain trial defaults) with a point's ``overrides`` and ``seed``, validated."""
+    return TrialConfig.from_dict(trial_dict(base, overrides, seed))
+
+
+def point_of(config: dict, default_seed: int) -> TrialPoint:
+    """A Tune trial config -> the trial's seed, overrides and display name."""
+    if "point" in config:
+        p = config["point"]
+        return TrialPoint(p["name"], dict(p["levels"]), int(p["seed"]), dict(p["overrides"]))
+    overrides = dict(config.get("params", {}))
+    seed = int(config.get("seed", default_seed))
+    name = " ".join(f"{short_name(k)}={_format_value(v)}" for k, v in overrides.items()) + f" seed={seed}"
+    return TrialPoint(name, {}, seed, overrides)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class TrialDescriber:
+    """Tune trial config -> (display name, flat params as logged): how trials are shown and recorded.
+
+    The params flatten the plain resolved dict, not the validated config, so a level
+    written ``0`` is logged as ``0``, as the study file has it.
+    """
+
+    base: dict
+    default_seed: int
+
+    def __call__(self, config: dict) -> tuple[str, dict]:
+        point = point_of(config, self.default_seed)
+        params = flatten(trial_dict(self.base, point.overrides, point.seed))
+        params.update({f"level.{k}": v for k, v in point.levels.items()})
+        return point.name, params
