@@ -85,7 +85,7 @@ class StudySettings:
     asha: AshaConfig = field(default_factory=AshaConfig)
     metric: str = "val/acc1"
     metric_mode: Literal["max", "min"] = "max"
-    report_metric: str = "test/acc1"
+    report_metric: str = "test/acc1_at_best_val"
     max_retries: int = 2
     checkpoint_every: int = 1
     cpus_per_trial: float = 1.0
