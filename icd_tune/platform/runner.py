@@ -627,7 +627,8 @@ def run_study(study: Study, opts: RunOptions, log=print) -> dict:
     trials, history = trial_records(result_grid, describe, max_epochs)
     factors = [f.name for f in study.factors] if not opts.smoke else []
     paths = write_report(run_folder, study.name, trials, history, factors, baseline=settings.baseline,
-                         metric=settings.report_metric, mode=settings.metric_mode)
+                         metric=settings.report_metric, mode=settings.metric_mode,
+                         selection_metric=settings.metric)
     report_text = paths["report.txt"].read_text()
     (run_folder / "study_resolved.json").write_text(json.dumps(study_meta | {"defaults": base}, indent=2, default=str))
     for path in [*paths.values(), run_folder / "study_resolved.json"]:
