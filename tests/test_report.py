@@ -2,6 +2,7 @@
 the files (text, Parquet, PNG) written for real under tmp_path."""
 
 import math
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -28,7 +29,8 @@ ERROR = "diverged at epoch 3, step 17: loss term 'invariance' became non-finite"
 TEST_ACC = {0.0: [70.0, 71.0, 72.0], 0.5: [72.0, 72.5, 74.5], 1.0: [69.0, 70.5, None]}
 
 
-def make_trial(level, seed, acc, status="completed", epochs=12, factor=FACTOR, best_offset=-0.5):
+def make_trial(level, seed, acc, status="completed", epochs=12, factor=FACTOR, best_offset=-0.5,
+               at_best_val=None):
     failed = acc is None
     return {
         "trial_id": f"t_{factor}_{level}_{seed}",
@@ -39,17 +41,18 @@ def make_trial(level, seed, acc, status="completed", epochs=12, factor=FACTOR, b
         "status": "failed" if failed else status,
         "epochs": 3 if failed else epochs,
         "final": {} if failed else {"test/acc1": acc, "val/acc1": acc - 1.0,
-                                    "val/best_acc1": acc + best_offset},
+                                    "val/best_acc1": acc + best_offset,
+                                    "test/acc1_at_best_val": acc if at_best_val is None else at_best_val},
         "error": ERROR if failed else None,
     }
 
 
-def grid_trials():
+def grid_trials(stop_one=True):
     trials = []
     for level, accs in TEST_ACC.items():
         for seed, acc in enumerate(accs):
-            # One early-stopped run: counted as ok and kept in the means.
-            stopped = level == 0.5 and seed == 2
+            # One early-stopped run: counted, listed apart, kept out of the means.
+            stopped = stop_one and level == 0.5 and seed == 2
             trials.append(make_trial(level, seed, acc, status="stopped" if stopped else "completed",
                                      epochs=6 if stopped else 12))
     return trials
@@ -100,10 +103,12 @@ def test_level_table_means_std_and_counts():
     assert base["best_std"] == pytest.approx(1.0)
     assert base["epochs_mean"] == pytest.approx(12.0)
 
+    # The stopped seed 2 (74.5 after 6 epochs) is counted but not averaged:
+    # mean and sample std of 72, 72.5 only.
     mid = rows[0.5]
-    assert mid["metric_mean"] == pytest.approx(73.0)
-    # sample std of 72, 72.5, 74.5: deviations -1, -0.5, 1.5 -> sqrt(3.5 / 2)
-    assert mid["metric_std"] == pytest.approx(math.sqrt(3.5 / 2))
+    assert (mid["n"], mid["n_completed"], mid["n_stopped"], mid["metric_n"]) == (3, 2, 1, 2)
+    assert mid["metric_mean"] == pytest.approx(72.25)
+    assert mid["metric_std"] == pytest.approx(math.sqrt(2 * 0.25 ** 2))
     assert mid["epochs_mean"] == pytest.approx((12 + 12 + 6) / 3)
 
     # The failed seed counts as a trial but not in the means.
@@ -122,7 +127,7 @@ def test_level_table_single_value_has_no_std():
 
 
 def test_paired_difference_and_t_interval():
-    rows = by_level(level_table(grid_trials(), FACTOR, baseline=0.0))
+    rows = by_level(level_table(grid_trials(stop_one=False), FACTOR, baseline=0.0))
     assert rows[0.0]["is_baseline"] and "diff_mean" not in rows[0.0]
 
     # 0.5 vs 0.0, seeds 0,1,2: diffs 2.0, 1.5, 2.5 -> mean 2, sd 0.5
@@ -151,7 +156,7 @@ def test_paired_difference_with_one_pair_has_no_interval():
     assert only["diff_n"] == 1
     assert only["diff_mean"] == pytest.approx(2.0)
     assert only["diff_ci_low"] is None and only["diff_half_width"] is None
-    assert "CI undefined: 1 pair" in render_report("s", trials, [FACTOR], baseline=0.0)
+    assert "n < 3: interval not informative" in render_report("s", trials, [FACTOR], baseline=0.0)
 
 
 def test_baseline_matches_string_form_and_rejects_unknown_level():
@@ -176,8 +181,10 @@ def test_best_configurations_skip_failed_and_rank():
     best = best_configurations(trials, metric="val/best_acc1", mode="max", top=2)
     assert [b["value"] for b in best] == pytest.approx([74.0, 72.0])
     assert best[0]["params"]["loss.invariance_weight"] == 0.5
-    worst = best_configurations(trials, metric="test/acc1", mode="min", top=1)
-    assert worst[0]["value"] == pytest.approx(69.0)
+    worst = best_configurations(trials, metric="val/best_acc1", mode="min", top=1)
+    assert worst[0]["value"] == pytest.approx(68.5)
+    with pytest.raises(ValueError, match="test set"):
+        best_configurations(trials, metric="test/acc1", mode="min", top=1)
     with pytest.raises(ValueError):
         best_configurations(trials, mode="largest")
 
@@ -192,13 +199,15 @@ def test_render_report_contents():
     assert "diff vs 0 [95% CI]" in text
     assert "(baseline)" in text
     assert "71.00 +- 1.00" in text
-    half = T_975_2DOF * 0.5 / math.sqrt(3)
-    assert f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}] (n=3)" in text
+    # With the stopped seed out, 0.5 and 1.0 have two pairs each.
+    assert text.count("(n=2) n < 3: interval not informative") == 2
     assert ERROR in text
     assert "## Best configurations (top 3" in text
-    # every table line of the factor table has the same width
-    table = [l for l in text.splitlines() if l.startswith("|")]
-    assert len(table) == 2 + 3 and len({len(l) for l in table}) == 1
+    # level table, comparison table, stopped table: each with aligned lines
+    tables = [b for b in text.split("\n\n") if b.startswith("|")]
+    assert [len(t.splitlines()) for t in tables] == [2 + 3, 2 + 3, 2 + 1]
+    for table in tables:
+        assert len({len(l) for l in table.splitlines()}) == 1
 
 
 def test_render_report_search_study_lists_varying_params():
@@ -228,7 +237,8 @@ def test_parquet_round_trip_with_mixed_level_column(tmp_path):
     cols = table.column_names
     assert cols[:6] == ["trial_id", "name", "seed", "status", "epochs", "error"]
     for col in ("level.invariance_weight", "level.temperature", "param.optim.lr",
-                "param.loss.temperature", "final.test/acc1", "final.val/best_acc1"):
+                "param.loss.temperature", "final.test/acc1", "final.val/best_acc1",
+                "final.test/acc1_at_best_val"):
         assert col in cols
     temps = table.column("level.temperature").to_pylist()
     assert set(temps) == {None, "0.05", "0.1", "learnable"}
@@ -281,6 +291,16 @@ def test_write_report_writes_everything(tmp_path):
         if name.endswith(".png"):
             assert_png(path)
     assert "diff vs 0 [95% CI]" in paths["report.txt"].read_text()
+
+
+def test_write_report_plots_and_stores_the_report_metric(tmp_path, monkeypatch):
+    plotted = []
+    monkeypatch.setattr(report, "plot_factor", lambda t, f, metric, path, baseline=None:
+                        plotted.append(metric) or Path(path))
+    trials = grid_trials()
+    paths = write_report(tmp_path, "s", trials, history_for(trials), [FACTOR], baseline=0.0)
+    assert plotted == ["test/acc1_at_best_val"]
+    assert "final.test/acc1_at_best_val" in pq.read_table(paths["trials.parquet"]).column_names
 
 
 @pytest.mark.parametrize("case", ["empty", "all_failed", "one_level", "no_metric"])

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from ..method.config import TrialConfig
 from ..method.schema import join_path, require
-from .metrics import TEST_ACC1, VAL_ACC1
+from .metrics import TEST_ACC1_AT_BEST_VAL, VAL_ACC1
 
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name != "seed")
 
@@ -67,7 +67,7 @@ class StudySettings:
     asha: AshaConfig = field(default_factory=AshaConfig)
     metric: str = VAL_ACC1
     metric_mode: Literal["max", "min"] = "max"
-    report_metric: str = TEST_ACC1
+    report_metric: str = TEST_ACC1_AT_BEST_VAL
     max_retries: int = 2
     checkpoint_every: int = 1
     cpus_per_trial: float = 1.0
@@ -80,6 +80,9 @@ class StudySettings:
 
     def validate(self, path: str) -> None:
         require(bool(self.name), "required key is missing: every study needs a name", join_path(path, "name"))
+        require(not self.metric.startswith("test/"),
+                f"bad value {self.metric!r}: search, ASHA and the report select on this metric, and selection never "
+                f"touches the test set; use a validation metric such as {VAL_ACC1}", join_path(path, "metric"))
         require(len(self.seeds) >= 1, "bad value []: expected at least one seed", join_path(path, "seeds"))
         require(len(set(self.seeds)) == len(self.seeds), f"bad value {self.seeds!r}: seeds repeat", join_path(path, "seeds"))
         require(self.max_retries >= 0, f"bad value {self.max_retries!r}: expected >= 0", join_path(path, "max_retries"))

@@ -4,15 +4,20 @@ Everything here works on plain records (see ``level_table`` for the trial
 record layout), so reports can be rebuilt offline from saved results without
 Ray, MLflow or torch installed. Statistics follow the ablation protocol: each
 level is run over several seeds, levels are summarised by mean +- sample std
-over seeds, and a level is compared with the baseline by differences paired
-on the seed, which cancels the seed's shared effect (data order, init).
+over the seeds of completed trials, and a level is compared with the baseline
+by differences paired on the seed, which cancels the seed's shared effect
+(data order, init), with Holm-adjusted p-values across a factor's levels.
+Levels and configurations are selected on a validation metric only; the
+test number reported is ``test/acc1_at_best_val``, test accuracy at the epoch
+of best validation accuracy.
 
 Trial record::
 
     {"trial_id": "a1b2_00003", "name": "invariance_weight=0.5 seed=1",
      "levels": {"invariance_weight": 0.5}, "params": {"loss.invariance_weight": 0.5, ...},
      "seed": 1, "status": "completed" | "stopped" | "failed", "epochs": 12,
-     "final": {"test/acc1": 71.2, "val/best_acc1": 70.5, ...}, "error": None | "..."}
+     "final": {"test/acc1": 71.2, "test/acc1_at_best_val": 71.6, "val/best_acc1": 70.5, ...},
+     "error": None | "..."}
 
 History rows: ``{"trial_id": ..., "epoch": 1, "train/loss": ..., "val/acc1": ...}``.
 """
@@ -26,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .markdown import _baseline_for, render_report
 from .parquet import write_parquet
 from .plots import plot_factor, plot_learning_curves, use_log_axis
-from .stats import best_configurations, level_table
+from .stats import best_configurations, check_selection_metric, level_table
 # Trial status values, importable from here by code that builds trial records.
 from .stats import COMPLETED, FAILED, STOPPED  # noqa: F401
 
@@ -48,14 +53,19 @@ def _safe_name(name: str) -> str:
 
 def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping],
                  history: Sequence[Mapping], factors: Iterable[str] | None, baseline: Any = None,
-                 metric: str = "test/acc1", mode: str = "max") -> dict[str, Path]:
+                 metric: str = "test/acc1_at_best_val", mode: str = "max",
+                 selection_metric: str = "val/acc1") -> dict[str, Path]:
     """Write report.txt, trials/history Parquet, factor plots and learning curves.
 
-    Returns file name -> path (``report.txt``, ``trials.parquet``,
-    ``history.parquet``, ``factor_<name>.png`` per factor,
+    ``metric`` is the reported test number (plotted per factor);
+    ``selection_metric`` (validation, direction ``mode``) picks the best level
+    and configurations, and a test metric there raises ValueError before any
+    file is written. Returns file name -> path (``report.txt``,
+    ``trials.parquet``, ``history.parquet``, ``factor_<name>.png`` per factor,
     ``learning_curves.png``). ``baseline`` may be one level for all factors
     or a dict factor -> level.
     """
+    check_selection_metric(selection_metric)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = list(trials or [])
@@ -64,8 +74,9 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     paths: dict[str, Path] = {}
 
     report = out_dir / "report.txt"
-    report.write_text(render_report(study_name, trials, factors, baseline=baseline,
-                                    metric=metric, mode=mode), encoding="utf-8")
+    report.write_text(render_report(study_name, trials, factors, baseline=baseline, metric=metric,
+                                    mode=mode, selection_metric=selection_metric),
+                      encoding="utf-8")
     paths[report.name] = report
     trials_path, history_path = write_parquet(trials, history, out_dir)
     paths[trials_path.name] = trials_path
@@ -74,6 +85,7 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
         png = plot_factor(trials, factor, metric, out_dir / f"factor_{_safe_name(factor)}.png",
                           baseline=_baseline_for(baseline, factor))
         paths[png.name] = png
-    curves = plot_learning_curves(history, trials, out_dir / "learning_curves.png")
+    curves = plot_learning_curves(history, trials, out_dir / "learning_curves.png",
+                                  metric=selection_metric)
     paths[curves.name] = curves
     return paths

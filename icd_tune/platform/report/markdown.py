@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 from .stats import (
     _NA,
     COMPLETED,
     FAILED,
+    MIN_PAIRS,
     STOPPED,
     _check_mode,
     _failed,
@@ -17,8 +19,13 @@ from .stats import (
     _group_by_level,
     _number,
     best_configurations,
+    best_level,
+    check_selection_metric,
     level_table,
+    selection_label,
 )
+
+_AT_BEST_VAL = "_at_best_val"
 
 
 def _md_cell(text: str) -> str:
@@ -49,6 +56,14 @@ def _fmt_mean_std(mean, std, n, expected) -> str:
     return text + (f" (n={n})" if n != expected else "")
 
 
+def _last_epoch_name(metric: str) -> str | None:
+    # test/acc1_at_best_val is reported beside test/acc1, the last epoch's
+    # value, so a reader sees what selecting on validation changed.
+    if metric.endswith(_AT_BEST_VAL):
+        return metric[: -len(_AT_BEST_VAL)]
+    return None
+
+
 def _fmt_diff(row: Mapping) -> str:
     if row.get("is_baseline"):
         return "(baseline)"
@@ -56,10 +71,24 @@ def _fmt_diff(row: Mapping) -> str:
     if n == 0:
         return "n/a (no paired seeds)"
     mean = _fmt_num(row["diff_mean"], signed=True)
-    if n == 1:
-        return f"{mean} [CI undefined: 1 pair]"
+    if not row.get("informative"):
+        return f"{mean} (n={n}) n < {MIN_PAIRS}: interval not informative"
     return (f"{mean} [{_fmt_num(row['diff_ci_low'], signed=True)}, "
             f"{_fmt_num(row['diff_ci_high'], signed=True)}] (n={n})")
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return _NA
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_cells(row: Mapping) -> list[str]:
+    if row.get("is_baseline") or not row.get("informative"):
+        return ["-", "-"]
+    if row.get("p_value") is None:
+        return ["n/a (no spread)", "-"]
+    return [_fmt_p(row["p_value"]), _fmt_p(row.get("p_holm"))]
 
 
 def _baseline_for(baseline: Any, factor: str) -> Any:
@@ -69,7 +98,30 @@ def _baseline_for(baseline: Any, factor: str) -> Any:
     return baseline
 
 
-def _factor_section(trials, factor, baseline, metric, best_metric, mode) -> list[str]:
+def _level_cells(row: Mapping, also: Sequence[str]) -> list[str]:
+    done = row["n_completed"]
+    cells = [_fmt_value(row["level"]), str(row["n"]), str(done), str(row["n_stopped"]),
+             str(row["n_failed"]),
+             _fmt_mean_std(row["select_mean"], row["select_std"], row["select_n"], done),
+             _fmt_mean_std(row["metric_mean"], row["metric_std"], row["metric_n"], done)]
+    for name in also:
+        s = row["also"][name]
+        cells.append(_fmt_mean_std(s["mean"], s["std"], s["n"], done))
+    return cells + [_fmt_num(row["epochs_mean"], 1)]
+
+
+def _comparison_lines(rows: Sequence[Mapping], factor: str, baseline: Any,
+                      metric: str) -> list[str]:
+    headers = ["level", f"diff vs {_fmt_value(baseline)} [95% CI]", "d_z", "p", "p (Holm)"]
+    body = [[_fmt_value(r["level"]), _fmt_diff(r),
+             "-" if r.get("is_baseline") else _fmt_num(r.get("diff_dz"), signed=True),
+             *_p_cells(r)] for r in rows]
+    title = (f"{metric} against {factor}={_fmt_value(baseline)}, paired by seed "
+             "(completed trials):")
+    return [title, "", _md_table(headers, body, [False, False, True, True, True]), ""]
+
+
+def _factor_section(trials, factor, baseline, metric, selection_metric, mode) -> list[str]:
     lines = [f"## Factor: {factor}", ""]
     groups, missing = _group_by_level(trials, factor)
     if not groups:
@@ -81,36 +133,34 @@ def _factor_section(trials, factor, baseline, metric, best_metric, mode) -> list
         except ValueError:
             note = f"Baseline {_fmt_value(baseline)!s} is not a level of '{factor}'; no differences shown."
             baseline = None
-    rows = level_table(trials, factor, metric=metric, best_metric=best_metric, baseline=baseline)
+    also = [n for n in [_last_epoch_name(metric)] if n]
+    rows = level_table(trials, factor, metric=metric, baseline=baseline,
+                       selection_metric=selection_metric, also=also)
+    label = selection_label(trials, selection_metric)
 
-    headers = ["level", "n", "ok", f"{metric} mean +- std", f"{best_metric} mean +- std", "epochs"]
-    right = [False, True, True, True, True, True]
-    if baseline is not None:
-        headers.append(f"diff vs {_fmt_value(baseline)} [95% CI]")
-        right.append(False)
-    body = []
-    for row in rows:
-        cells = [_fmt_value(row["level"]), str(row["n"]), str(row["n_completed"]),
-                 _fmt_mean_std(row["metric_mean"], row["metric_std"], row["metric_n"], row["n_completed"]),
-                 _fmt_mean_std(row["best_mean"], row["best_std"], row["best_n"], row["n_completed"]),
-                 _fmt_num(row["epochs_mean"], 1)]
-        if baseline is not None:
-            cells.append(_fmt_diff(row))
-        body.append(cells)
-    lines.append(_md_table(headers, body, right))
-    lines.append("")
+    headers = ["level", "n", "completed", "stopped", "failed", label, metric,
+               *[f"{n} (last epoch)" for n in also], "epochs"]
+    right = [False] + [True] * (len(headers) - 1)
+    lines += [_md_table(headers, [_level_cells(r, also) for r in rows], right), ""]
 
-    scored = [r for r in rows if r["metric_mean"] is not None]
-    if len(scored) > 1:
-        pick = max if mode == "max" else min
-        best = pick(scored, key=lambda r: r["metric_mean"])
-        lines.append(f"Best level by mean {metric} ({mode}): {_fmt_value(best['level'])}")
+    best = best_level(rows, mode)
+    if best is not None:
+        lines.append(f"Best level by mean {label} (selected on validation, {mode}): "
+                     f"{_fmt_value(best['level'])}; its {metric}: "
+                     + _fmt_mean_std(best["metric_mean"], best["metric_std"],
+                                     best["metric_n"], best["n_completed"]))
+    elif len(rows) > 1:
+        lines.append(f"No best level: fewer than two levels have a completed trial with {label}.")
+    if not any(r["metric_mean"] is not None for r in rows):
+        lines.append(f"No completed trial reported {metric}.")
     if note:
         lines.append(note)
     if missing:
         lines.append(f"{len(missing)} trial(s) without a level for '{factor}' are not in this table.")
     if lines[-1] != "":
         lines.append("")
+    if baseline is not None:
+        lines += _comparison_lines(rows, factor, baseline, metric)
     return lines
 
 
@@ -130,24 +180,20 @@ def _varying_params(trials: Sequence[Mapping]) -> list[str]:
     return [k for k in order if len(seen[k]) > 1]
 
 
-def _best_section(trials, metric, best_metric, mode, top) -> list[str]:
-    rank_metric = best_metric
-    ranked = best_configurations(trials, metric=rank_metric, mode=mode, top=top)
-    fallback = ""
-    if not ranked and rank_metric != metric:
-        # Ranking by validation keeps the test set out of model selection; fall
-        # back to the report metric only when no trial has a validation value.
-        rank_metric = metric
-        ranked = best_configurations(trials, metric=rank_metric, mode=mode, top=top)
-        fallback = f" (no trial reported {best_metric})"
-    lines = [f"## Best configurations (top {top} by {rank_metric}, {mode}){fallback}", ""]
+def _best_section(trials, metric, selection_metric, mode, top) -> list[str]:
+    label = selection_label(trials, selection_metric)
+    ranked = best_configurations(trials, metric=selection_metric, mode=mode, top=top,
+                                 statuses=[COMPLETED])
+    lines = [f"## Best configurations (top {top} by {label}, {mode}; completed trials, "
+             "selected on validation)", ""]
     if not ranked:
-        return lines + ["No non-failed trial reported the metric.", ""]
+        # Falling back to a test metric here would select on the test set.
+        return lines + [f"No completed trial reported {label}; no configuration is selected.", ""]
     varying = _varying_params([t for t in trials if not _failed(t)])
+    reported = [metric] + [n for n in [_last_epoch_name(metric)] if n]
     for entry in ranked:
-        scores = [f"{rank_metric}={_fmt_num(entry['value'])}"]
-        if metric != rank_metric:
-            scores.append(f"{metric}={_fmt_num(_number(entry['final'].get(metric)))}")
+        scores = [f"{label}={_fmt_num(entry['value'])}"]
+        scores += [f"{m}={_fmt_num(_number(entry['final'].get(m)))}" for m in reported]
         epochs = entry["epochs"]
         lines.append(f"{entry['rank']}. {entry['trial_id']} {entry['name'] or ''}".rstrip()
                      + f": {', '.join(scores)} ({entry['status']}, {_fmt_value(epochs)} epochs,"
@@ -156,6 +202,42 @@ def _best_section(trials, metric, best_metric, mode, top) -> list[str]:
         if shown:
             lines.append("   " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in shown.items()))
     lines.append("")
+    return lines
+
+
+def _levels_text(trial: Mapping) -> str:
+    levels = trial.get("levels") or {}
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in levels.items()) or "-"
+
+
+def _stopped_section(trials, selection_metric) -> list[str]:
+    stopped = [t for t in trials if t.get("status") == STOPPED]
+    lines = [f"## Stopped trials ({len(stopped)})", ""]
+    if not stopped:
+        return lines + ["None.", ""]
+    lines += ["Stopped early by the scheduler (ASHA): their values come from fewer epochs, so "
+              "they are in no mean, difference or ranking above.", ""]
+    headers = ["trial", "level", "seed", "epoch reached", f"last {selection_metric}"]
+    body = [[str(t.get("trial_id")), _levels_text(t), _fmt_value(t.get("seed")),
+             _fmt_value(t.get("epochs")),
+             _fmt_num(_number((t.get("final") or {}).get(selection_metric)))] for t in stopped]
+    return lines + [_md_table(headers, body, [False, False, True, True, True]), ""]
+
+
+def _failed_section(trials) -> list[str]:
+    failed = [t for t in trials if _failed(t)]
+    lines = [f"## Failed trials ({len(failed)})", ""]
+    if not failed:
+        lines.append("None.")
+    for trial in failed:
+        head = f"- {trial.get('trial_id')}"
+        if trial.get("name"):
+            head += f" ({trial['name']})"
+        if trial.get("epochs") is not None:
+            head += f", after {_fmt_value(trial['epochs'])} epoch(s)"
+        err = _error_lines(trial.get("error"))
+        lines.append(f"{head}: {err[0]}")
+        lines += [f"    {l}" for l in err[1:]]
     return lines
 
 
@@ -169,16 +251,45 @@ def _error_lines(error: Any, keep: int = 5, width: int = 200) -> list[str]:
     return (["..."] if cut else []) + lines
 
 
+def _method_lines(trials, metric, selection_metric, mode, compared: bool) -> list[str]:
+    label = selection_label(trials, selection_metric)
+    best_of = f" (each trial's best {selection_metric})" if label != selection_metric else ""
+    last = _last_epoch_name(metric)
+    lines = [f"Selection: on validation only, by {label}{best_of}, mode {mode}; "
+             "the test set is reported, never selected on.",
+             f"Reported: {metric}"
+             + (f" (test at the epoch of best validation), {last} of the last epoch beside it."
+                if last else "."),
+             "Statistics: completed trials only; stopped and failed trials are listed apart. "
+             "Cells: mean +- sample std (ddof=1) over seeds."]
+    if compared:
+        lines += [
+            f"Differences: {metric} paired by seed with the baseline level (shared init and data "
+            "order), 95% t interval per comparison, effect size Cohen's d_z = mean / sd of the "
+            "paired differences.",
+            "Multiplicity: p from two-sided paired t-tests, Holm-Bonferroni adjusted over the "
+            "factor's levels compared with the baseline. Holm controls the family-wise error rate "
+            "over those comparisons, is uniformly more powerful than Bonferroni and assumes "
+            "nothing about their dependence (all share the baseline's seeds).",
+            f"Levels with fewer than {MIN_PAIRS} paired seeds get no interval or p-value and are "
+            "not in the correction.",
+        ]
+    # One paragraph per line would run past a terminal's width.
+    return [w for line in lines for w in textwrap.wrap(line, 100, subsequent_indent="  ")] + [""]
+
+
 def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[str] | None,
-                  baseline: Any = None, metric: str = "test/acc1", mode: str = "max",
-                  best_metric: str = "val/best_acc1") -> str:
+                  baseline: Any = None, metric: str = "test/acc1_at_best_val", mode: str = "max",
+                  selection_metric: str = "val/acc1") -> str:
     """Plain-text, markdown-compatible report of a study.
 
     ``baseline`` is a level value applied to every factor that has it, or a
-    dict factor -> level. Best configurations are ranked by ``best_metric``
-    (validation) so the test metric is only reported, never selected on.
+    dict factor -> level. Levels and configurations are selected on
+    ``selection_metric`` in direction ``mode`` (a validation metric; a test
+    metric raises ValueError); ``metric`` is the reported test number.
     """
     _check_mode(mode)
+    check_selection_metric(selection_metric)
     trials = list(trials)
     factors = list(factors or [])
     statuses = [t.get("status") for t in trials]
@@ -188,32 +299,15 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
     counts = f"Trials: {len(trials)} total | {n_done} completed | {n_stop} stopped early | {n_fail} failed"
     if other:
         counts += f" | {other} other status"
-    lines = [f"# Study report: {study_name}", "", counts,
-             f"Metric: final {metric} (mode {mode}); also {best_metric}.", ""]
-    if factors:
-        lines.append("Columns: n = trials, ok = not failed; mean +- sample std (ddof=1) over the ok "
-                     "trials' seeds; diff = paired by seed with a 95% t interval.")
-        if n_stop:
-            lines.append("Early-stopped trials enter the means with their last reported values.")
-        lines.append("")
+    compared = bool(factors) and any(_baseline_for(baseline, f) is not None for f in factors)
+    lines = [f"# Study report: {study_name}", "", counts, ""]
+    lines += _method_lines(trials, metric, selection_metric, mode, compared)
 
     for factor in factors:
         lines += _factor_section(trials, factor, _baseline_for(baseline, factor),
-                                 metric, best_metric, mode)
+                                 metric, selection_metric, mode)
 
-    lines += _best_section(trials, metric, best_metric, mode, top=3 if factors else 5)
-
-    failed = [t for t in trials if _failed(t)]
-    lines += [f"## Failed trials ({len(failed)})", ""]
-    if not failed:
-        lines.append("None.")
-    for trial in failed:
-        head = f"- {trial.get('trial_id')}"
-        if trial.get("name"):
-            head += f" ({trial['name']})"
-        if trial.get("epochs") is not None:
-            head += f", after {_fmt_value(trial['epochs'])} epoch(s)"
-        err = _error_lines(trial.get("error"))
-        lines.append(f"{head}: {err[0]}")
-        lines += [f"    {l}" for l in err[1:]]
+    lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)
+    lines += _stopped_section(trials, selection_metric)
+    lines += _failed_section(trials)
     return "\n".join(lines).rstrip() + "\n"

@@ -9,6 +9,7 @@ import numpy as np
 
 from .stats import (
     STOPPED,
+    _completed,
     _failed,
     _final,
     _find_level,
@@ -93,7 +94,7 @@ def _factor_axis(keys: list, levels: list) -> tuple[bool, bool, bool, list[int],
 def _draw_level_values(ax, with_data: list, values: Mapping, xpos: Mapping, categorical: bool,
                        metric: str) -> None:
     if not with_data:
-        ax.text(0.5, 0.5, f"no non-failed trial reported {metric}", ha="center",
+        ax.text(0.5, 0.5, f"no completed trial reported {metric}", ha="center",
                 va="center", transform=ax.transAxes, color="0.4")
     for k in with_data:
         n = len(values[k])
@@ -141,14 +142,14 @@ def plot_factor(trials: Sequence[Mapping], factor: str, metric: str, path: str |
                 baseline: Any = None) -> Path:
     """Plot final ``metric`` against the levels of ``factor``; returns the PNG path.
 
-    Means with std error bars over non-failed seeds, each seed as a faint
+    Means with std error bars over completed seeds, each seed as a faint
     point, a dashed line at the baseline level's mean when given. String
     levels (e.g. "learnable") put every level on an evenly spaced axis.
     """
     plt = _pyplot()
     groups, _ = _group_by_level(trials, factor)
     levels = [(g[0].get("levels") or {}).get(factor) for g in groups.values()]
-    values = {k: [v for v in (_final(t, metric) for t in g if not _failed(t)) if v is not None]
+    values = {k: [v for v in (_final(t, metric) for t in g if _completed(t)) if v is not None]
               for k, g in groups.items()}
     keys = list(groups)
     numeric, log, categorical, order, xpos = _factor_axis(keys, levels)
@@ -169,7 +170,7 @@ def plot_factor(trials: Sequence[Mapping], factor: str, metric: str, path: str |
             xlabel += " (evenly spaced)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs {factor}\nmean ± std over seeds, failed trials excluded",
+        ax.set_title(f"{metric} vs {factor}\nmean ± std over seeds, completed trials only",
                      fontsize=10)
         ax.grid(True, alpha=0.3)
         if with_data:

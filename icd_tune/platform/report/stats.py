@@ -1,7 +1,8 @@
 """Per-level summaries and seed-paired comparisons of trial records.
 
 Also the value handling the rest of the package shares: what counts as a
-number, how a level groups and how values are printed.
+number, how a level groups and how values are printed, which metric may
+select (validation, never test) and what a trial's selection score is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ STOPPED = "stopped"
 COMPLETED = "completed"
 
 _NA = "n/a"
+
+# Below three seed pairs a t interval has at most one degree of freedom
+# (t_0.975 = 12.7): it spans tens of points and says nothing.
+MIN_PAIRS = 3
 
 
 # --------------------------------------------------------------------------
@@ -46,6 +51,54 @@ def _final(trial: Mapping, metric: str) -> float | None:
 
 def _failed(trial: Mapping) -> bool:
     return trial.get("status") == FAILED
+
+
+def _completed(trial: Mapping) -> bool:
+    # A stopped trial's last value comes from fewer epochs than its peers';
+    # mixing it into a mean or a difference would compare unequal budgets.
+    return trial.get("status") == COMPLETED
+
+
+def is_test_metric(metric: str) -> bool:
+    """Whether ``metric`` is measured on the test split (``test/...``)."""
+    return any(part == "test" or part.startswith("test_")
+               for part in str(metric).lower().split("/"))
+
+
+def check_selection_metric(metric: str) -> None:
+    """Refuse a test-set metric as the one that picks levels or configurations."""
+    if is_test_metric(metric):
+        raise ValueError(
+            f"selection metric {metric!r} is measured on the test set; best levels and "
+            "configurations are selected on validation (e.g. 'val/acc1' or 'val/best_acc1') "
+            "and the test set is only reported"
+        )
+
+
+def best_val_name(metric: str) -> str:
+    """The per-trial best-so-far name of a validation metric: val/acc1 -> val/best_acc1.
+
+    A trial is judged by its best validation epoch, the epoch whose test
+    accuracy it reports, not by wherever its last epoch happened to land.
+    """
+    head, sep, tail = str(metric).rpartition("/")
+    if sep and head.split("/")[-1] == "val" and not tail.startswith("best_"):
+        return f"{head}/best_{tail}"
+    return metric
+
+
+def selection_value(trial: Mapping, metric: str) -> float | None:
+    """A trial's selection score: its best validation value, else final ``metric``."""
+    best = _final(trial, best_val_name(metric))
+    return best if best is not None else _final(trial, metric)
+
+
+def selection_label(trials: Iterable[Mapping], metric: str) -> str:
+    """The name the selection scores were read from, for headers and text."""
+    best = best_val_name(metric)
+    if best != metric and any(_final(t, best) is not None for t in trials):
+        return best
+    return metric
 
 
 def _hashable(value: Any) -> Any:
@@ -122,7 +175,7 @@ def _per_seed(trials: Iterable[Mapping], metric: str) -> dict[Any, float]:
     # pairing unit stays the seed.
     collected: dict[Any, list] = {}
     for trial in trials:
-        if _failed(trial) or trial.get("seed") is None:
+        if not _completed(trial) or trial.get("seed") is None:
             continue
         value = _final(trial, metric)
         if value is not None:
@@ -135,7 +188,9 @@ def _paired_diff(level_trials, base_trials, metric: str) -> dict:
     seeds = [s for s in here if s in base]
     diffs = np.asarray([here[s] - base[s] for s in seeds], dtype=float)
     out = {"diff_n": int(diffs.size), "diff_seeds": seeds, "diff_mean": None, "diff_sd": None,
-           "diff_half_width": None, "diff_ci_low": None, "diff_ci_high": None}
+           "diff_half_width": None, "diff_ci_low": None, "diff_ci_high": None,
+           "diff_dz": None, "p_value": None, "p_holm": None,
+           "informative": bool(diffs.size >= MIN_PAIRS)}
     if diffs.size == 0:
         return out
     out["diff_mean"] = float(diffs.mean())
@@ -145,7 +200,38 @@ def _paired_diff(level_trials, base_trials, metric: str) -> dict:
         half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
         out.update(diff_sd=sd, diff_half_width=half,
                    diff_ci_low=out["diff_mean"] - half, diff_ci_high=out["diff_mean"] + half)
+        # Identical differences on every seed leave t, p and d_z undefined.
+        if sd > 0:
+            t_stat = out["diff_mean"] / (sd / math.sqrt(n))
+            out["p_value"] = float(2.0 * stats.t.sf(abs(t_stat), n - 1))
+            out["diff_dz"] = out["diff_mean"] / sd
     return out
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    The i-th smallest of m p-values is multiplied by (m - i + 1), kept
+    non-decreasing along the sorted order and capped at 1, so rejecting where
+    the adjusted p < alpha holds the family-wise error rate at alpha.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def _apply_holm(rows: list[dict]) -> None:
+    # The family is the levels the report makes a claim about: those compared
+    # to the baseline with enough pairs for a p-value.
+    family = [r for r in rows if r.get("informative") and r.get("p_value") is not None]
+    for row, adjusted in zip(family, holm_adjust([r["p_value"] for r in family])):
+        row["p_holm"] = adjusted
+        row["holm_m"] = len(family)
 
 
 def _check_mode(mode: str) -> None:
@@ -157,61 +243,106 @@ def _check_mode(mode: str) -> None:
 # summaries
 
 
-def level_table(trials: Sequence[Mapping], factor: str, metric: str = "test/acc1",
-                best_metric: str = "val/best_acc1", baseline: Any = None) -> list[dict]:
+def _summary(values: Sequence[float]) -> dict:
+    mean, std = _mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def _level_row(members: list, factor: str, metric: str, best_metric: str,
+               selection_metric: str, also: Sequence[str]) -> dict:
+    done = [t for t in members if _completed(t)]
+    values = [v for v in (_final(t, metric) for t in done) if v is not None]
+    bests = [v for v in (_final(t, best_metric) for t in done) if v is not None]
+    scores = [v for v in (selection_value(t, selection_metric) for t in done) if v is not None]
+    epochs = [e for e in (_number(t.get("epochs")) for t in members) if e is not None]
+    mean, std = _mean_std(values)
+    best_mean, best_std = _mean_std(bests)
+    select = _summary(scores)
+    return {
+        "level": (members[0].get("levels") or {}).get(factor),
+        "n": len(members),
+        "n_completed": len(done),
+        "n_stopped": sum(t.get("status") == STOPPED for t in members),
+        "n_failed": sum(_failed(t) for t in members),
+        "metric_mean": mean, "metric_std": std, "metric_n": len(values),
+        "best_mean": best_mean, "best_std": best_std, "best_n": len(bests),
+        "select_mean": select["mean"], "select_std": select["std"], "select_n": select["n"],
+        "also": {m: _summary([v for v in (_final(t, m) for t in done) if v is not None])
+                 for m in also},
+        "epochs_mean": float(np.mean(epochs)) if epochs else None,
+    }
+
+
+def level_table(trials: Sequence[Mapping], factor: str, metric: str = "test/acc1_at_best_val",
+                best_metric: str = "val/best_acc1", baseline: Any = None,
+                selection_metric: str = "val/acc1", also: Sequence[str] = ()) -> list[dict]:
     """One summary row per level of ``factor``, in first-seen order.
 
-    Row keys: ``level``, ``n`` (all trials), ``n_completed`` (not failed; early
-    stopped trials count and enter the means with their last reported value),
-    ``metric_mean``/``metric_std``/``metric_n`` over non-failed trials that
+    Only completed trials enter the statistics; stopped (ASHA) and failed
+    trials are counted, not averaged. Row keys: ``level``, ``n`` (all
+    trials), ``n_completed``, ``n_stopped``, ``n_failed``,
+    ``metric_mean``/``metric_std``/``metric_n`` over completed trials that
     reported ``metric`` (sample std, None with fewer than two values), the same
-    with ``best_`` prefix for ``best_metric``, ``epochs_mean`` over all trials.
+    with ``best_`` prefix for ``best_metric`` and with ``select_`` prefix for
+    the selection score (``selection_value``), ``also`` (metric ->
+    {mean, std, n}) and ``epochs_mean`` over all trials.
 
     With ``baseline`` (a level value) each row also has ``is_baseline`` and,
-    for other levels, the seed-paired difference ``diff_mean`` with
-    ``diff_n`` pairs, ``diff_sd`` and the 95% t interval ``diff_ci_low``,
-    ``diff_ci_high``, ``diff_half_width`` (None with fewer than two pairs).
+    for other levels, the seed-paired difference of ``metric``: ``diff_mean``
+    over ``diff_n`` pairs, ``diff_sd``, the 95% t interval ``diff_ci_low``,
+    ``diff_ci_high``, ``diff_half_width`` (None with fewer than two pairs),
+    Cohen's ``diff_dz`` (mean / sd of the differences), the two-sided paired
+    t-test ``p_value``, ``informative`` (at least ``MIN_PAIRS`` pairs) and
+    ``p_holm``, Holm-adjusted over the informative levels (``holm_m`` of them).
     Trials that lack ``factor`` in their levels are ignored.
     """
+    check_selection_metric(selection_metric)
     groups, _ = _group_by_level(trials, factor)
     base_key = _find_level(groups, baseline) if baseline is not None else None
 
     rows = []
     for level, members in groups.items():
-        ok = [t for t in members if not _failed(t)]
-        values = [v for v in (_final(t, metric) for t in ok) if v is not None]
-        bests = [v for v in (_final(t, best_metric) for t in ok) if v is not None]
-        epochs = [e for e in (_number(t.get("epochs")) for t in members) if e is not None]
-        mean, std = _mean_std(values)
-        best_mean, best_std = _mean_std(bests)
-        row = {
-            "level": (members[0].get("levels") or {}).get(factor),
-            "n": len(members),
-            "n_completed": len(ok),
-            "n_failed": len(members) - len(ok),
-            "metric_mean": mean, "metric_std": std, "metric_n": len(values),
-            "best_mean": best_mean, "best_std": best_std, "best_n": len(bests),
-            "epochs_mean": float(np.mean(epochs)) if epochs else None,
-        }
+        row = _level_row(members, factor, metric, best_metric, selection_metric, also)
         if baseline is not None:
             row["is_baseline"] = level == base_key
             if not row["is_baseline"]:
                 row.update(_paired_diff(members, groups[base_key], metric))
         rows.append(row)
+    if baseline is not None:
+        _apply_holm(rows)
     return rows
 
 
-def best_configurations(trials: Sequence[Mapping], metric: str = "val/best_acc1",
-                        mode: str = "max", top: int = 5) -> list[dict]:
-    """The ``top`` non-failed trials ranked by final ``metric``.
+def best_level(rows: Sequence[Mapping], mode: str = "max") -> Mapping | None:
+    """The row with the best mean selection score; None unless two levels have one."""
+    _check_mode(mode)
+    scored = [r for r in rows if r.get("select_mean") is not None]
+    if len(scored) < 2:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda r: r["select_mean"])
 
-    Each entry: rank, trial_id, name, seed, status, epochs, value, levels,
-    params, final. Trials without the metric are not ranked; ties keep input
-    order.
+
+def best_configurations(trials: Sequence[Mapping], metric: str = "val/best_acc1",
+                        mode: str = "max", top: int = 5,
+                        statuses: Iterable[str] | None = None) -> list[dict]:
+    """The ``top`` trials ranked by their selection score on ``metric``.
+
+    ``metric`` must be a validation (not test) metric; a trial scores its
+    best-so-far value (``val/best_acc1`` for ``val/acc1``) where present.
+    ``statuses`` limits the trials ranked (default: all but failed). Each
+    entry: rank, trial_id, name, seed, status, epochs, value, levels, params,
+    final. Trials without a score are not ranked; ties keep input order.
     """
     _check_mode(mode)
+    check_selection_metric(metric)
+    allowed = set(statuses) if statuses is not None else None
+
+    def eligible(trial):
+        return trial.get("status") in allowed if allowed is not None else not _failed(trial)
+
     scored = [(v, i, t) for i, t in enumerate(trials)
-              if not _failed(t) and (v := _final(t, metric)) is not None]
+              if eligible(t) and (v := selection_value(t, metric)) is not None]
     sign = -1.0 if mode == "max" else 1.0
     scored.sort(key=lambda item: (sign * item[0], item[1]))
     out = []

@@ -44,7 +44,7 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     trials, history = trial_records(outcome.result_grid, plan.describer(), plan.max_epochs)
     factors = [f.name for f in study.factors] if not plan.opts.smoke else []
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
-                         metric=settings.report_metric, mode=settings.metric_mode)
+                         metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric)
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
