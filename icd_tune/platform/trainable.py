@@ -20,6 +20,7 @@ class TrialRunSettings:
     seeds: list[int]
     cpus_per_trial: float
     checkpoint_every: int
+    gpus_per_trial: float = 0.0
 
 
 @dataclass
@@ -40,7 +41,8 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     point = point_of(config, run_settings.seeds[0])
     cfg = trial_config(base, point.overrides, point.seed)
     torch.set_num_threads(max(1, int(run_settings.cpus_per_trial)))
-    trainer = Trainer(cfg, data, teacher, teacher_outputs=cached_teacher_outputs(cfg, data, teacher, output_cache))
+    outputs = cached_teacher_outputs(cfg, data, teacher, output_cache, run_settings.gpus_per_trial)
+    trainer = Trainer(cfg, data, teacher, teacher_outputs=outputs)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -48,7 +50,7 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     report_epochs(trainer, run_settings)
 
 
-def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | None):
+def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | None, gpus_per_trial: float = 1.0):
     """The teacher's outputs read from this node's cache, or None for the live teacher."""
     if output_cache is None or not cfg.loss.uses_teacher:
         return None
@@ -59,7 +61,9 @@ def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | N
     # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
     cache = get_or_build_cache(teacher, data, output_cache.folder, dtype=output_cache.dtype,
                                device=resolve_device(cfg.device), log=print, progress=False)
-    return CachedTeacher(cache)
+    # A device copy of the cache may take a quarter of this trial's share of the GPU's memory:
+    # trials packed on one GPU each hold their own copy.
+    return CachedTeacher(cache, gpu_share=0.25 * min(1.0, gpus_per_trial or 1.0))
 
 
 def report_epochs(trainer, run_settings: TrialRunSettings) -> None:

@@ -88,7 +88,7 @@ class StudyPlan:
 
     def run_settings(self) -> TrialRunSettings:
         return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
-                                checkpoint_every=self.settings.checkpoint_every)
+                                checkpoint_every=self.settings.checkpoint_every, gpus_per_trial=self.gpus)
 
     def describer(self) -> TrialDescriber:
         return TrialDescriber(self.base, self.settings.seeds[0])
