@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_cpu_mode_runs_every_part(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     parts = json.loads(out.read_text())["parts"]
     assert list(parts) == ["environment", "correctness", "cache", "step_time", "packing", "compile"]
@@ -26,7 +26,7 @@ def test_gpu_check_cpu_mode_runs_every_part(tmp_path):
     assert set(correct["device"]) == {"ce", "kd", "contrastive", "invariance"}
     assert parts["cache"]["agree"] and parts["cache"]["ms_per_image_variant"] > 0
     steps = parts["step_time"]
-    assert all(steps[k]["ms_per_step"] > 0 for k in ("eager_bf16", "eager_fp16", "cached_bf16"))
+    assert all(steps[k]["ms_per_step"] > 0 for k in ("eager_bf16", "eager_fp16", "cached_bf16", "cached_bf16_host_lookup"))
     assert steps["projected_240_epochs_hours"] > 0
     assert parts["packing"]["processes"] == 2 and len(parts["packing"]["packed_images_per_s"]) == 2
     assert "skipped" in parts["compile"]
