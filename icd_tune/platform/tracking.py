@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
@@ -81,6 +82,18 @@ def numeric_metrics(result: dict) -> dict[str, float]:
     return out
 
 
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store; a server's own default otherwise.
+
+    MLflow's default for a sqlite store is ./mlruns of whatever directory the command ran
+    from, which scatters artifacts away from the database that lists them.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri[len("sqlite:///"):])
+        return (database.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 class StudyTracker:
     """Owns the MLflow experiment and parent run; finds or creates child runs."""
 
@@ -94,7 +107,7 @@ class StudyTracker:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
-                study_name, artifact_location=artifact_root, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+                study_name, artifact_location=artifact_root or default_artifact_root(tracking_uri), tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         else:
             self.experiment_id = experiment.experiment_id
             if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
