@@ -69,6 +69,8 @@ class StudySettings:
     metric_mode: Literal["max", "min"] = "max"
     report_metric: str = TEST_ACC1_AT_BEST_VAL
     max_retries: int = 2
+    # Log each finished trial's student weights on its MLflow run (off for huge searches).
+    log_students: bool = True
     checkpoint_every: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

@@ -155,8 +155,9 @@ class MLflowTrialCallback(tune.Callback):
     """Tune callback: a named child run per trial, metrics per epoch, how it ended."""
 
     def __init__(self, tracker: StudyTracker, describe: Callable[[dict], tuple[str, dict[str, Any]]],
-                 max_epochs: int, tags: dict[str, str]):
+                 max_epochs: int, tags: dict[str, str], log_students: bool = True):
         self.tracker = tracker
+        self.log_students = log_students
         self.describe = describe  # trial config -> (display name, flat resolved params)
         self.max_epochs = max_epochs
         self.tags = tags
@@ -221,8 +222,20 @@ class MLflowTrialCallback(tune.Callback):
             reason, status = f"stopped early at epoch {epoch}", "FINISHED"
         else:
             reason, status = "completed", "FINISHED"
+        if status == "FINISHED" and self.log_students:
+            self.log_student(trial, run_id)
         self.tracker.client.set_tag(run_id, END_TAG, reason)
         self.tracker.end(run_id, status)
+
+    def log_student(self, trial, run_id: str) -> None:
+        from .students import log_student
+        from .trainable import CHECKPOINT_FILE
+
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        _, params = self.describe(trial.config)
+        log_student(self.tracker.client, run_id, checkpoint, CHECKPOINT_FILE, str(params.get("student")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.child_run(trial)

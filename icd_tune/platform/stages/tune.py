@@ -42,7 +42,8 @@ class TrialSpace:
 
 def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Callable[[str], None]) -> TuneOutcome:
     describe = plan.describer()
-    trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags)
+    trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
+                                       log_students=plan.settings.log_students)
     progress = ProgressCallback(plan.planned_trials, plan.max_epochs, plan.settings.metric, plan.settings.metric_mode,
                                 describe=describe)
     callbacks = [trial_logger, progress, *plan.opts.extra_callbacks]
