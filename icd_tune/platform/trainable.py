@@ -74,12 +74,10 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
     last_value = None
     try:
         for metrics in trainer.epochs():
-            # Schedulers and searchers need the metric in every result, also on epochs without evaluation.
+            # A metric that drives ASHA or a search is in every epoch's result: the study refuses
+            # eval_every > 1 for it (study_checks.check_cadence), so nothing is carried forward here.
             metrics[NODE_ID] = node_id
-            if metric in metrics:
-                last_value = metrics[metric]
-            elif last_value is not None:
-                metrics[metric] = last_value
+            last_value = metrics.get(metric, last_value)
             if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:
                 with tempfile.TemporaryDirectory() as folder:
                     trainer.save(Path(folder) / CHECKPOINT_FILE)
