@@ -69,7 +69,8 @@ def test_plan_of_a_grid_resolves_points_resources_and_folders(tmp_path, tiny_stu
     assert plan.tracking_uri == f"sqlite:///{(results / 'grid').resolve() / 'mlflow.db'}"
     assert plan.trial0.loss.invariance_weight == 0 and plan.trial0.seed == 0 and plan.needs_teacher
     assert plan.teacher_dir == str(results.resolve() / "teachers")
-    assert plan.state == {} and not results.exists()  # planning writes nothing
+    # Planning writes nothing; the state it will write holds the run's fingerprint.
+    assert list(plan.state) == ["fingerprint"] and not results.exists()
     assert json.loads(json.dumps(vars(plan.run_settings()))) == {
         "metric": "val/acc1", "seeds": [0, 1], "cpus_per_trial": 2, "checkpoint_every": 1}
 

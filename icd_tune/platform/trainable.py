@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID
-from .trials import point_of, trial_config
+from .trials import check_checkpoint_config, point_of, trial_config
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -44,7 +44,10 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load(Path(folder) / CHECKPOINT_FILE)
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        # Continuing another config's weights would record a trial that never ran as configured.
+        check_checkpoint_config(state.get("config"), cfg, point.name)
+        trainer.load_state_dict(state)
     report_epochs(trainer, run_settings)
 
 
