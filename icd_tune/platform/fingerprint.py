@@ -101,13 +101,17 @@ def definition_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
         return _search_changes(old["search"], new["search"], changes)
     old_trials, new_trials = old.get("trials", {}), new.get("trials", {})
     removed = [name for name in old_trials if name not in new_trials]
+    added = [name for name in new_trials if name not in old_trials]
+    seeds = f" (seeds {old['seeds']} -> {new['seeds']})" if old.get("seeds") != new.get("seeds") else ""
     if removed:
-        changes.append(f"trials: {_listed(removed)} planned -> absent (seeds {old['seeds']} -> {new['seeds']})")
+        changes.append(f"trials: {_listed(removed)} planned -> absent{seeds}")
     for name in old_trials:
         if name in new_trials:
             changes += [f"trial '{name}' {line}" for line in
                         changed_keys(flatten(old_trials[name]), flatten(new_trials[name]))]
-    return changes, [name for name in new_trials if name not in old_trials]
+    if changes and added:
+        changes.append(f"trials: {_listed(added)} absent -> planned")
+    return changes, added
 
 
 def _search_changes(old: dict, new: dict, changes: list[str]) -> tuple[list[str], list[str]]:
