@@ -1,5 +1,6 @@
 """End to end through real Ray Tune, a real Optuna study and a real MLflow sqlite store."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -155,7 +156,7 @@ def run_then_kill(cmd, cwd, db: Path, min_logged: int, log_path: Path):
     return env
 
 
-def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tiny_study):
+def test_killed_driver_resumes_without_duplicate_runs_and_never_mixes_studies(tmp_path, tiny_study):
     path = tiny_study("resume", """
     mode: grid
     grid:
@@ -170,14 +171,31 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tiny_study):
     env = run_then_kill(cmd, tmp_path, db, min_logged=2, log_path=tmp_path / "first_run.log")
     rows_before, logged_before = _count_runs(db)
     assert logged_before < 12
-    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    (state_file,) = (results / "resume").glob("*/study_state.json")
+    state_before = state_file.read_bytes()
+
+    changed = subprocess.run(cmd + ["--resume", "--set", "loss.kd_weight=0.5"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=400)
+    assert changed.returncode == 2, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "would mix two studies" in changed.stderr and "loss.kd_weight: 1.0 -> 0.5" in changed.stderr
+    assert _count_runs(db) == (rows_before, logged_before) and state_file.read_bytes() == state_before
+
+    # A child run the killed driver had opened for a trial Ray never recorded: nothing will continue it.
+    client = mlflow_client(f"sqlite:///{db}")
+    parent_id = json.loads(state_before)["parent_run_id"]
+    orphan = client.create_run(client.get_run(parent_id).info.experiment_id, run_name="orphan",
+                               tags={"mlflow.parentRunId": parent_id, "icd_tune.trial_id": "never_recorded"}).info.run_id
+    out = subprocess.run(cmd + ["--resume", "--cpus-per-trial", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows, logged = _count_runs(db)
     parents = [r for r in rows if r[2] == 0]
-    children = [r for r in rows if r[2] == 1]
+    children = [r for r in rows if r[2] == 1 and r[0] != orphan]
     assert len(parents) == 1 and len(children) == 3
-    assert all(status == "FINISHED" for _, status, _ in rows)
+    assert all(status == "FINISHED" for run_id, status, _ in rows if run_id != orphan)
     assert logged == 12  # 3 trials x 4 epochs, each epoch logged exactly once
+    closed = client.get_run(orphan)
+    assert closed.info.status == "KILLED" and closed.data.tags["icd_tune.end"].startswith("interrupted: its driver")
 
 
 def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_session):

@@ -96,9 +96,13 @@ def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_s
         assert "lr=1e+30" in t["name"]
         assert "diverged at epoch 1" in t["error"] and "loss term" in t["error"]
     ot = optuna.load_study(study_name="diverge", storage=f"sqlite:///{out['run_folder'] / 'optuna.db'}")
-    fails = [t for t in ot.trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(fails) == len(failed)
-    assert all("diverged at epoch 1" in t.user_attrs["failure"] for t in fails)
+    # PRUNED, not FAIL, so TPE learns from them: valued at the diverging epoch with the worst value seen.
+    diverged = [t for t in ot.trials if "diverged" in t.user_attrs]
+    assert len(diverged) == len(failed) and not [t for t in ot.trials if t.state == optuna.trial.TrialState.FAIL]
+    seen = {v for t in ot.trials if t not in diverged for v in t.intermediate_values.values()}
+    for t in diverged:
+        assert t.state == optuna.trial.TrialState.PRUNED and "diverged at epoch 1" in t.user_attrs["diverged"]
+        assert set(t.intermediate_values) <= {1} and set(t.intermediate_values.values()) <= seen
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(out["tracking_uri"])

@@ -69,7 +69,8 @@ def test_plan_of_a_grid_resolves_points_resources_and_folders(tmp_path, tiny_stu
     assert plan.tracking_uri == f"sqlite:///{(results / 'grid').resolve() / 'mlflow.db'}"
     assert plan.trial0.loss.invariance_weight == 0 and plan.trial0.seed == 0 and plan.needs_teacher
     assert plan.teacher_dir == str(results.resolve() / "teachers")
-    assert plan.state == {} and not results.exists()  # planning writes nothing
+    # Planning writes nothing; the state it will write holds the run's fingerprint.
+    assert list(plan.state) == ["fingerprint"] and not results.exists()
     assert json.loads(json.dumps(vars(plan.run_settings()))) == {
         "metric": "val/acc1", "seeds": [0, 1], "cpus_per_trial": 2, "checkpoint_every": 1}
 
@@ -194,21 +195,34 @@ def test_searcher_prunes_stopped_trials_and_closes_orphans_without_ray(tmp_path,
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = make_searcher(study, storage, max_epochs=4)
     assert searcher.set_search_properties("val/acc1", "max", {"seed": 3, "params": search_domains(study)})
-    for trial_id in ("stopped", "done", "diverged"):
+    trial_ids = ("diverged_first", "stopped", "done", "diverged", "errored")
+    for trial_id in trial_ids:
         assert set(searcher.suggest(trial_id)["params"]) == {"loss.invariance_weight", "optim.lr"}
+
+    def diverge(trial_id, epoch, last):
+        searcher.on_trial_result(trial_id, {"val/acc1": last, "epoch": epoch, "trial/diverged": 1.0,
+                                            "trial/error": f"diverged at epoch {epoch}"})
+        searcher.on_trial_complete(trial_id, {"val/acc1": last, "epoch": epoch, "trial/diverged": 1.0,
+                                              "trial/error": f"diverged at epoch {epoch}"})
+
+    diverge("diverged_first", 1, float("nan"))  # before any value: pruned without one
     searcher.on_trial_result("stopped", {"val/acc1": 30.0, "epoch": 1, "training_iteration": 1})
     searcher.on_trial_complete("stopped", {"val/acc1": 35.0, "epoch": 2})
     searcher.on_trial_complete("done", {"val/acc1": 60.0, "epoch": 4})
-    searcher.on_trial_complete("diverged", {"val/acc1": float("nan"), "epoch": 1, "trial/diverged": 1.0,
-                                            "trial/error": "diverged at epoch 1"})
+    searcher.on_trial_result("diverged", {"val/acc1": 50.0, "epoch": 1, "training_iteration": 1})
+    diverge("diverged", 2, 50.0)  # valued with the study's worst (30), not its own last 50
+    searcher.on_trial_complete("errored", error=True)
     # An Optuna trial asked for by a driver that was killed before Ray recorded it.
     searcher_study(searcher).ask()
     checkpoint = tmp_path / "searcher.pkl"
     searcher.save(str(checkpoint))
     make_searcher(study, storage, max_epochs=4).restore(str(checkpoint))
     trials = optuna.load_study(study_name="prune", storage=storage).trials
-    assert [t.state.name for t in trials] == ["PRUNED", "COMPLETE", "FAIL", "FAIL"]
-    assert trials[0].value == 35.0 and trials[0].intermediate_values == {1: 30.0, 2: 35.0}
-    assert trials[2].user_attrs["failure"] == "diverged at epoch 1" and "orphaned" in trials[3].user_attrs["failure"]
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED", "COMPLETE", "PRUNED", "FAIL", "FAIL"]
+    first, stopped, _, diverged, _, orphan = trials
+    assert stopped.value == 35.0 and stopped.intermediate_values == {1: 30.0, 2: 35.0}
+    assert first.intermediate_values == {} and first.user_attrs["diverged"] == "diverged at epoch 1"
+    assert diverged.intermediate_values == {1: 50.0, 2: 30.0} and diverged.value == 30.0
+    assert diverged.user_attrs["diverged"] == "diverged at epoch 2" and "orphaned" in orphan.user_attrs["failure"]
     assert optuna.load_study(study_name="prune", storage=storage).user_attrs["optuna_version"] == optuna.__version__
     assert not ray.is_initialized()

@@ -253,8 +253,16 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
 def train_size(cfg: DataConfig) -> int:
     """Training-set size after the validation split, known without loading the data."""
-    total = {"cifar100": 50000, "digits": 1797 - 1797 // 5}.get(cfg.name, cfg.num_train)
-    return total - int(round(cfg.val_fraction * total))
+    return _full_train_size(cfg) - val_size(cfg)
+
+
+def val_size(cfg: DataConfig) -> int:
+    """Validation-split size, known without loading the data (as ``_split_validation`` rounds it)."""
+    return int(round(cfg.val_fraction * _full_train_size(cfg)))
+
+
+def _full_train_size(cfg: DataConfig) -> int:
+    return {"cifar100": 50000, "digits": 1797 - 1797 // 5}.get(cfg.name, cfg.num_train)
 
 
 def num_classes(cfg: DataConfig) -> int:

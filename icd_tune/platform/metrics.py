@@ -7,7 +7,10 @@ real epoch's output, so a renamed metric cannot drift silently.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
+
+if TYPE_CHECKING:
+    from ..method.config import TrialConfig
 
 EPOCH = "epoch"
 
@@ -60,6 +63,35 @@ def trainer_metrics(loss_terms: Iterable[str] = ICD_LOSS_TERMS) -> tuple[str, ..
 
 
 TRAINER_METRICS = trainer_metrics()
+
+
+# Reported only on epochs that evaluate (every ``eval_every`` epochs and the last).
+EVALUATED_PREFIXES = ("val/", "test/")
+# Reported only when the data keeps a validation split, though named test/: they follow val/acc1.
+NEEDS_VALIDATION = (TEST_ACC1_AT_BEST_VAL, TEST_ACC5_AT_BEST_VAL)
+
+
+def trial_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
+    """Every name one epoch of a trial with this config reports: its loss terms, the head's scale, the splits."""
+    from ..method.data import val_size
+    from ..method.distillers import get_method
+
+    has_head = cfg.loss.uses_icd
+    has_val = val_size(cfg.data) > 0
+    return tuple(name for name in trainer_metrics(get_method(cfg.method).loss_terms(cfg.loss))
+                 if (has_head or name != TRAIN_LOGIT_SCALE)
+                 and (has_val or not (name.startswith("val/") or name in NEEDS_VALIDATION)))
+
+
+def metric_direction(name: str) -> Optional[str]:
+    """``max`` or ``min`` for a name that measures quality or cost; None for one that selects nothing (lr, epoch)."""
+    if name.endswith(("/acc1", "/acc5", "_acc1", "_acc5", "acc1_at_best_val", "acc5_at_best_val")):
+        return "max"
+    if name.startswith(TRAIN_LOSS) or name == EPOCH_SECONDS:
+        return "min"
+    if name == IMAGES_PER_SECOND:
+        return "max"
+    return None
 
 
 def is_trainer_metric(name: str) -> bool:

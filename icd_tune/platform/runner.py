@@ -22,6 +22,8 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = print
     experiment_id, parent_run_id, wall_seconds and report (the report's text).
     """
     plan = resolve_plan(study, opts)
+    for note in plan.notes:
+        log(note)
     prepared = prepare(plan, log)
     parent = open_parent_run(plan, prepared)
     outcome = tune_trials(plan, prepared, parent, log)

@@ -1,9 +1,12 @@
-"""The study's Optuna searcher: TPE through Ray Tune, with ASHA-stopped trials PRUNED, not COMPLETE.
+"""The study's Optuna searcher: TPE through Ray Tune, with ASHA-stopped and diverged trials PRUNED.
 
 Ray's ``OptunaSearch`` tells Optuna COMPLETE with the early value when ASHA stops a
 trial, which TPE then treats as a finished result. This one tells PRUNED with the
-last value, FAIL for diverged or errored trials, and survives a killed driver:
-orphaned Optuna trials are closed, replayed results for closed trials skipped.
+last value. A diverged trial is PRUNED too, valued at its diverging epoch with the
+worst value the study has seen: TPE ignores FAIL trials, so a failed divergence
+would teach it nothing, and it would keep sampling the region that diverges.
+Errored trials are FAIL. It survives a killed driver: orphaned Optuna trials are
+closed, replayed results for closed trials skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 from importlib import metadata
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -60,7 +64,8 @@ class StudyOptunaSearch(OptunaSearch):
         if trial_id in asked and self.closed_in_optuna(trial_id):
             closed.add(trial_id)
             return
-        if self.metric in result and trial_id not in closed:
+        # A divergence result carries the last good value, which on_trial_complete replaces with the worst.
+        if self.metric in result and trial_id not in closed and not result.get(DIVERGED):
             value = result[self.metric]
             if isinstance(value, (int, float)) and math.isfinite(value):
                 asked[trial_id].report(float(value), result_step(result))
@@ -75,9 +80,9 @@ class StudyOptunaSearch(OptunaSearch):
         study, ot_trial = searcher_study(self), asked[trial_id]
         value = (result or {}).get(self.metric)
         diverged = bool((result or {}).get(DIVERGED))
-        if error or diverged or value is None or not math.isfinite(value):
-            if diverged:
-                ot_trial.set_user_attr("failure", str(result.get(ERROR)))
+        if diverged:
+            tell_diverged(study, ot_trial, result)
+        elif error or value is None or not math.isfinite(value):
             study.tell(ot_trial, state=TrialState.FAIL)
         elif int(result.get(EPOCH, self.max_epochs)) < self.max_epochs:
             # Ray skips the searcher for the result that stops a trial; report it here, since
@@ -89,6 +94,29 @@ class StudyOptunaSearch(OptunaSearch):
         else:
             study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
         closed.add(trial_id)
+
+
+def tell_diverged(study: optuna.Study, ot_trial: optuna.Trial, result: dict) -> None:
+    """PRUNED, valued at the diverging epoch with the worst value seen: TPE ranks it last among trials that got as far.
+
+    Before any value is seen it is PRUNED without one, which TPE ranks below every pruned trial with a value.
+    """
+    ot_trial.set_user_attr("diverged", str(result.get(ERROR) or "diverged"))
+    worst = worst_value(study)
+    epoch = result_step(result)
+    if worst is not None and epoch not in stored_trial(study, ot_trial).intermediate_values:
+        ot_trial.report(worst, epoch)
+    study.tell(ot_trial, state=TrialState.PRUNED)
+
+
+def worst_value(study: optuna.Study) -> float | None:
+    """The worst finite value any trial of the study has reported, intermediate or final; None before any."""
+    values = [v for t in study.get_trials(deepcopy=False)
+              for v in (*t.intermediate_values.values(), *([t.value] if t.value is not None else []))
+              if math.isfinite(v)]
+    if not values:
+        return None
+    return min(values) if study.direction == StudyDirection.MAXIMIZE else max(values)
 
 
 def make_searcher(study: Study, storage_url: str, max_epochs: int) -> StudyOptunaSearch:

@@ -20,6 +20,7 @@ from ..method.config import TrialConfig
 from ..method.data import train_size
 from ..method.losses import check_negative_count
 from ..method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
+from .study_checks import check_modes, check_trials
 from .study_settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .study_yaml import check_override_key, load_with_extends, parse_override, read_yaml
 from .trials import TrialPoint, set_path, short_name, trial_config
@@ -122,17 +123,16 @@ def build_study(data: dict, path: Path) -> Study:
         if isinstance(s, bool) or not isinstance(s, int):
             raise ConfigError(f"bad value {s!r}: seeds must be integers", f"seeds[{i}]")
     settings = from_dict(StudySettings, {k: v for k, v in data.items() if k in STUDY_KEYS})
+    check_modes(settings, data)
     base = {k: copy.deepcopy(v) for k, v in data.items() if k in TRIAL_KEYS}
     # Validate the defaults alone first: errors then point at the study file's own keys.
     defaults = TrialConfig.from_dict({**base, "seed": settings.seeds[0]})
     base_plain = to_dict(defaults)
     base_plain.pop("seed")
     factors = _parse_factors(settings.grid, settings) if settings.mode == "grid" else []
-    if settings.mode == "grid" and not factors and settings.grid:
-        raise ConfigError("the grid is empty: give at least one factor with levels", "grid")
     space = _parse_space(settings, path) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
-    _validate_points(study)
+    check_trials(settings, _validate_points(study))
     return study
 
 
@@ -239,22 +239,35 @@ def _check_param(key: str, spec: Any, prefix: str) -> dict:
     return {"type": kind, "low": low, "high": high, "log": log}
 
 
+# Up to this many corners of a search space are checked together; beyond it, one key at a time.
+MAX_CORNERS = 256
+
+
 def _space_extremes(space: dict[str, dict]) -> list[dict[str, Any]]:
-    """Corner points of the search space: every bound and every choice is checked once."""
+    """Corner points of the search space: every bound and every choice, in every combination when few.
+
+    All combinations catch what only keys together do (every loss weight at 0 drops the
+    ICD terms); a large space is checked one key at a time, the others at their middle.
+    """
+    ends = {key: spec["values"] if spec["type"] == "choice" else [spec["low"], spec["high"]]
+            for key, spec in space.items()}
+    if math.prod(len(v) for v in ends.values()) <= MAX_CORNERS:
+        return [dict(zip(ends, combo)) for combo in itertools.product(*ends.values())]
     points = []
-    for key, spec in space.items():
-        values = spec["values"] if spec["type"] == "choice" else [spec["low"], spec["high"]]
+    for key, values in ends.items():
         for v in values:
             points.append({k: (v if k == key else space_default(s)) for k, s in space.items()})
     return points
 
 
-def _validate_points(study: Study) -> None:
+def _validate_points(study: Study) -> list[tuple[str, TrialConfig]]:
+    """Every planned trial (a grid) or corner of the space (a search) resolved and validated."""
     settings = study.settings
     if settings.mode == "grid":
         candidates = [(p.name, p.overrides, p.seed) for p in study.grid_points()]
     else:
-        candidates = [("search space", o, settings.seeds[0]) for o in _space_extremes(study.space)]
+        candidates = [(_corner_name(o, settings.seeds[0]), o, settings.seeds[0]) for o in _space_extremes(study.space)]
+    trials = []
     for name, overrides, seed in candidates:
         try:
             cfg = study.trial_config(seed, overrides)
@@ -266,6 +279,12 @@ def _validate_points(study: Study) -> None:
                 check_negative_count(cfg.loss.negatives.count, n, cfg.optim.batch_size)
             except ValueError as err:
                 raise ConfigError(f"{err} (in trial '{name}')", "loss.negatives.count") from None
+        trials.append((name, cfg))
+    return trials
+
+
+def _corner_name(overrides: dict[str, Any], seed: int) -> str:
+    return "search space at " + " ".join(f"{short_name(k)}={v}" for k, v in overrides.items()) + f" seed={seed}"
 
 
 def study_summary(study: Study) -> dict:

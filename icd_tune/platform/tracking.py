@@ -10,15 +10,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
 
 from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_trainer_metric, result_step
+from .versions import git_commit, package_versions
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -27,26 +26,8 @@ STUDY_RUN_TAG = "icd_tune.study_run"  # the results folder of one invocation
 END_TAG = "icd_tune.end"  # how a run ended: completed, stopped early, failed, interrupted
 TEACHER_TAG = "icd_tune.teacher"
 BEST_TRIAL_TAG = "icd_tune.best_trial"
+ORPHANED_RUN = "interrupted: its driver was killed before Ray recorded the trial, and no resumed trial continued it"
 SECRET_PATTERN = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|credential)", re.I)
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in ("icd-tune", "torch", "torchvision", "ray", "optuna", "mlflow", "pyarrow"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def git_commit(cwd: str | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or os.path.dirname(__file__), capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def redact(params: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +123,12 @@ class StudyTracker:
             filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
             max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def running_children(self) -> list:
+        """The parent's child runs still RUNNING: a killed driver leaves them so."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'")
 
     def last_logged_epoch(self, run_id: str) -> int:
         history = self.client.get_metric_history(run_id, TRAIN_LOSS)
@@ -241,6 +228,24 @@ class MLflowTrialCallback(tune.Callback):
         run_id = self.child_run(trial)
         self.tracker.client.set_tag(run_id, END_TAG, f"failed: {trial_error_text(trial)}"[:5000])
         self.tracker.end(run_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        """Closes the child runs a killed driver left RUNNING that no trial of this run continued.
+
+        A trial that Ray recorded as ended before the kill is closed by its last result; a run
+        whose trial Ray never recorded (the driver died in between) is closed KILLED, with why.
+        """
+        by_id = {t.trial_id: t for t in trials}
+        for run in self.tracker.running_children():
+            trial = by_id.get(run.data.tags.get(TRIAL_TAG))
+            if trial is None:
+                self.tracker.client.set_tag(run.info.run_id, END_TAG, ORPHANED_RUN)
+                self.tracker.end(run.info.run_id, "KILLED")
+            elif trial.status == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
+            elif trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+            # Trials still pending or running: an interruption, which mark_interrupted closes.
 
     def mark_interrupted(self) -> None:
         for run_id in self.runs.values():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID
-from .trials import point_of, trial_config
+from .trials import check_checkpoint_config, point_of, trial_config
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -46,7 +46,10 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load(Path(folder) / CHECKPOINT_FILE)
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        # Continuing another config's weights would record a trial that never ran as configured.
+        check_checkpoint_config(state.get("config"), cfg, point.name)
+        trainer.load_state_dict(state)
     report_epochs(trainer, run_settings)
 
 
@@ -78,12 +81,10 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
     last_value = None
     try:
         for metrics in trainer.epochs():
-            # Schedulers and searchers need the metric in every result, also on epochs without evaluation.
+            # A metric that drives ASHA or a search is in every epoch's result: the study refuses
+            # eval_every > 1 for it (study_checks.check_cadence), so nothing is carried forward here.
             metrics[NODE_ID] = node_id
-            if metric in metrics:
-                last_value = metrics[metric]
-            elif last_value is not None:
-                metrics[metric] = last_value
+            last_value = metrics.get(metric, last_value)
             if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:
                 with tempfile.TemporaryDirectory() as folder:
                     trainer.save(Path(folder) / CHECKPOINT_FILE)

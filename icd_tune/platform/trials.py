@@ -14,6 +14,10 @@ from typing import Any, Iterable, Mapping, Union
 from ..method.config import TrialConfig
 from ..method.schema import flatten
 
+# Where a trial runs and finds its inputs, not what it computes: free to change between a
+# run and its --resume (--gpus-per-trial turns device auto into cpu, --data-dir sets data.root).
+PLACEMENT_KEYS = frozenset({"device", "data.root", "data.download", "teacher.cache_dir"})
+
 # Dotted key -> value, applied in order (a list keeps repeated keys of a command line).
 Overrides = Union[Mapping[str, Any], Iterable[tuple[str, Any]]]
 
@@ -94,3 +98,35 @@ class TrialDescriber:
         params = flatten(trial_dict(self.base, point.overrides, point.seed))
         params.update({f"level.{k}": v for k, v in point.levels.items()})
         return point.name, params
+
+
+def definition(config: Mapping) -> dict[str, Any]:
+    """A plain trial config as flat dotted keys, placement left out: what two runs must share to be one trial."""
+    return {k: v for k, v in flatten(dict(config)).items() if k not in PLACEMENT_KEYS}
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each flat key that differs (``absent`` where one side lacks it)."""
+    missing = object()
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before != after:
+            show = ["absent" if v is missing else repr(v) for v in (before, after)]
+            lines.append(f"{key}: {show[0]} -> {show[1]}")
+    return lines
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A trial's checkpoint was written for another config; continuing it would mix two trials."""
+
+
+def check_checkpoint_config(saved: Mapping | None, cfg: TrialConfig, trial: str) -> None:
+    """Refuses a checkpoint whose stored config differs from the trial's resolved config (placement aside)."""
+    if saved is None:
+        raise CheckpointMismatchError(f"the checkpoint of trial '{trial}' records no config; refusing to continue it")
+    changes = changed_keys(definition(saved), definition(cfg.to_dict()))
+    if changes:
+        raise CheckpointMismatchError(
+            f"the checkpoint of trial '{trial}' was written for another config ({'; '.join(changes)}); refusing to "
+            f"continue it under this one: start a new run, or resume with the config it was started with")

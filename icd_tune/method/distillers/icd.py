@@ -31,12 +31,17 @@ class ICDDistiller(nn.Module):
                 torch.manual_seed(seed + 7919)
                 self.head = ICDHead(student_dim, teacher_dim, cfg, num_train=num_train, batch_size=batch_size,
                                     bank_seed=seed + 104729)
-        self.weights = {"ce": cfg.ce_weight}
-        if self.teacher is not None:
-            self.weights["kd"] = cfg.kd_weight
-        if self.head is not None:
-            self.weights["contrastive"] = cfg.contrastive_weight
-            self.weights["invariance"] = cfg.invariance_weight
+        self.weights = {term: getattr(cfg, f"{term}_weight") for term in self.loss_terms(cfg)}
+
+    @staticmethod
+    def loss_terms(cfg: LossConfig) -> tuple[str, ...]:
+        """The terms a training step returns with these weights; studies check metric names against them."""
+        terms = ("ce",)
+        if cfg.uses_teacher:
+            terms += ("kd",)
+        if cfg.uses_icd:
+            terms += ("contrastive", "invariance")
+        return terms
 
     def trainable_modules(self) -> list[nn.Module]:
         return [m for m in (self.student, self.head) if m is not None]

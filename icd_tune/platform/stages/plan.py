@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...method.config import TrialConfig
+from ..fingerprint import FINGERPRINT_KEY, check_resume, code_version, study_fingerprint
 from ..preflight import StudyRunError
 from ..study import Study
 from ..study_settings import StudySettings
@@ -55,6 +56,8 @@ class StudyPlan:
     state: dict
     storage_path: str
     tracking_uri: str
+    # Warnings for the user that do not stop the run (a resume at another code commit, say).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def settings(self) -> StudySettings:
@@ -127,9 +130,22 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     needs_teacher = any(
         trial_config(base, p.overrides, p.seed).loss.uses_teacher for p in (points or [study.first_point()])
     ) or settings.mode == "search"
-    return StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
+    plan = StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
                      state=state, storage_path=storage_path, tracking_uri=tracking_uri)
+    record_fingerprint(plan)
+    return plan
+
+
+def record_fingerprint(plan: StudyPlan) -> None:
+    """A fresh run records what defines its trials; a resumed one must match it (or nothing goes on)."""
+    fingerprint = study_fingerprint(plan)
+    if not plan.opts.resume:
+        plan.state[FINGERPRINT_KEY] = fingerprint
+        return
+    plan.notes += check_resume(plan.state.get(FINGERPRINT_KEY), fingerprint, plan.run_folder)
+    plan.state.setdefault(FINGERPRINT_KEY, fingerprint)
+    plan.state.setdefault("resumed", []).append(code_version())
 
 
 def smoke_base(base: dict, settings: StudySettings) -> dict:
