@@ -76,5 +76,9 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
 
 
 def test_a_study_can_turn_student_logging_off(tiny_study):
-    study = load_study(tiny_study("quiet", "log_students: false\n"))
+    study = load_study(tiny_study("quiet", """
+    log_students: false
+    grid:
+      invariance_weight: {key: loss.invariance_weight, levels: [0.0]}
+    """))
     assert study.settings.log_students is False
