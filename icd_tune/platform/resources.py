@@ -20,6 +20,7 @@ from .preflight import StudyRunError
 # the node: ray/autoscaler/_private/util.py format_readonly_node_type.
 READONLY_NODE_TYPE = re.compile(r"^node_[0-9a-f]{16,}$")
 DEFAULT_PENDING_TIMEOUT_S = 30 * 60.0
+REPORT_PATIENCE_S = 20.0
 
 
 class PendingTimeoutError(RuntimeError):
@@ -84,19 +85,26 @@ def growth_from_report(report: dict | None, bootstrap_config: bool = False) -> G
                          "so it never adds nodes)")
 
 
-def cluster_growth(joined: bool, forced: bool | None) -> Growth:
-    """Can the connected cluster add nodes? ``forced`` is --autoscaling / --no-autoscaling, None to detect."""
+def cluster_growth(joined: bool, forced: bool | None, patience_s: float = 0.0) -> Growth:
+    """Can the connected cluster add nodes? ``forced`` is --autoscaling / --no-autoscaling, None to detect.
+
+    ``patience_s``: how long to wait for a first autoscaler report (a cluster started seconds ago).
+    """
     if forced is not None:
         return Growth(forced, f"--{'' if forced else 'no-'}autoscaling was given")
     if not joined:
         return Growth(False, "it is the local Ray instance this command starts")
     from .ray_internals import autoscaler_report
 
-    try:
-        report = autoscaler_report()
-    except Exception as err:  # an older or newer GCS answers in its own way: treat as unknown
-        return Growth(False, f"its autoscaler state could not be read ({type(err).__name__})")
-    return growth_from_report(report, Path("~/ray_bootstrap_config.yaml").expanduser().exists())
+    deadline = time.time() + patience_s
+    while True:
+        try:
+            report = autoscaler_report()
+        except Exception as err:  # an older or newer GCS answers in its own way: treat as unknown
+            return Growth(False, f"its autoscaler state could not be read ({type(err).__name__})")
+        if report is not None or time.time() >= deadline:
+            return growth_from_report(report, Path("~/ray_bootstrap_config.yaml").expanduser().exists())
+        time.sleep(2.0)  # the autoscaler reports every few seconds once the raylets have sent their load
 
 
 def live_nodes() -> list[Node]:
@@ -164,7 +172,8 @@ def check_capacity(requests: list[Request], joined: bool, forced: bool | None, t
     live = nodes is None
     nodes = live_nodes() if live else nodes
     problems = {r: why for r in requests if (why := unmet(r, nodes)) is not None}
-    growth = cluster_growth(joined, forced)
+    # Refusing on a missing report would turn away a cluster whose autoscaler has not reported yet.
+    growth = cluster_growth(joined, forced, patience_s=REPORT_PATIENCE_S if problems and live else 0.0)
     if problems and not growth.can_grow:
         raise StudyRunError(refusal(list(dict.fromkeys(problems.values())), growth, nodes, joined))
     if problems and live:
