@@ -122,12 +122,17 @@ class TeacherConfig:
     cache: Literal["off", "on", "auto"] = "auto"
     cache_dtype: Literal["float16", "float32"] = "float16"
     cache_memory_budget_gb: float = 8.0
+    # Cap on the teacher's optimizer steps per epoch (smoke runs); None trains full epochs.
+    max_steps_per_epoch: Optional[int] = None
 
     def validate(self, path: str) -> None:
         from .models import MODEL_NAMES
         from .schema import suggest
 
         require(self.arch in MODEL_NAMES, f"unknown model '{self.arch}'{suggest(self.arch, MODEL_NAMES)}", join_path(path, "arch"))
+        if self.max_steps_per_epoch is not None:
+            require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer "
+                    f"or null", join_path(path, "max_steps_per_epoch"))
 
 
 @dataclass

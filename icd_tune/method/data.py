@@ -265,6 +265,16 @@ def _full_train_size(cfg: DataConfig) -> int:
     return {"cifar100": 50000, "digits": 1797 - 1797 // 5}.get(cfg.name, cfg.num_train)
 
 
+def missing_data(cfg: DataConfig) -> str | None:
+    """Why ``cfg``'s dataset is not on this machine, looked up without downloading; None when it is."""
+    if cfg.name != "cifar100":
+        return None  # digits ship with scikit-learn, synthetic data is drawn
+    folder = Path(cfg.root or "data").expanduser().resolve() / "cifar-100-python"
+    if all((folder / part).is_file() for part in ("train", "test", "meta")):
+        return None
+    return f"CIFAR-100 is not in {folder}"
+
+
 def num_classes(cfg: DataConfig) -> int:
     return {"cifar100": 100, "digits": 10}.get(cfg.name, cfg.num_classes)
 

@@ -37,12 +37,15 @@ def teacher_trial_config(cfg: TeacherConfig, data_cfg, device: str = "auto") -> 
         optim=cfg.optim,
         seed=cfg.seed,
         device=device,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
     )
 
 
 def teacher_key(cfg: TeacherConfig, data: DataBundle, augment: bool = True) -> str:
     recipe = {"format": TEACHER_FORMAT, "arch": cfg.arch, "data": data.identity,
               "augment": augment, "optim": to_dict(cfg.optim), "seed": cfg.seed}
+    if cfg.max_steps_per_epoch is not None:  # only when set, so that existing teachers keep their keys
+        recipe["max_steps_per_epoch"] = cfg.max_steps_per_epoch
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.arch}-{data.name}-{digest}"
 

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 import yaml
 
-EXIT_BAD_INPUT = 2
+EXIT_OK, EXIT_ALL_FAILED, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_TIME_BUDGET, EXIT_PENDING_TIMEOUT, EXIT_SIGINT, EXIT_SIGTERM = 4, 5, 130, 143
+
+EXIT_STATUS_TABLE = """exit status:
+  0    every trial completed or was stopped early by the scheduler (ASHA); also --dry-run
+  1    every trial failed (the first failure's reason is printed last), or an unexpected error
+  2    refused before any work: a bad study file or option, a request no node of a cluster that
+       cannot grow can meet, sizes the data rules out, missing data or teacher, unwritable folders
+  3    some trials failed, the others completed (0 with --allow-failed-trials)
+  4    cut short: the --time-budget was spent (resume with --resume)
+  5    gave up waiting for resources (--pending-timeout); before the trials started nothing is
+       written, after it the run can be resumed with --resume
+  130  interrupted by SIGINT (Ctrl+C); 143 by SIGTERM (resume with --resume)"""
+
+
+def duration(text: str) -> float:
+    from .preflight import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_ablation.py",
+        prog="run_ablation.py", epilog=EXIT_STATUS_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an ICD ablation or search study on Ray Tune, logging every trial to MLflow.")
     p.add_argument("study", help="study file, e.g. ablations/invariance_weight.yaml")
     mode = p.add_mutually_exclusive_group()
@@ -30,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", help="results folder (overrides results_dir in the study)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack several trials on one GPU")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (omit for no limit)")
+    p.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="stop starting trials and end the running ones (resumably) when this is spent, counted from "
+                        "the start, e.g. 90m, 2h, 1.5h")
+    p.add_argument("--pending-timeout", type=float, metavar="MINUTES",
+                   help="give up when the cluster has not provided a trial's resources for this long "
+                        "(default: 30 on a cluster that can grow, no limit otherwise)")
+    p.add_argument("--autoscaling", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the cluster adds nodes on demand (wait for them) or not (refuse requests no node "
+                        "meets); default: detected from Ray's autoscaler")
+    p.add_argument("--allow-failed-trials", action="store_true",
+                   help="exit 0 when some (not all) trials failed")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and tables")
     return p
 
@@ -91,35 +125,97 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from ..method.schema import ConfigError
+    from .preflight import StudyRunError
     from .study import load_study
 
     try:
         study = load_study(args.study, args.set)
-    except ConfigError as err:
+        check_options(args, study)
+    except (ConfigError, StudyRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print_plan(study, on_cluster=bool(args.address))
-        return 0
+        print_plan(study, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
+        return EXIT_OK
+    return run(args, argv, study)
 
+
+def check_options(args, study) -> None:
+    from .preflight import check_run_options, check_trial_request
+
+    pending = None if args.pending_timeout is None else args.pending_timeout * 60
+    check_run_options(args.max_concurrent, args.time_budget, pending)
+    if not args.smoke:  # a smoke run fits the request to the machine first
+        settings = study.settings
+        cpus = settings.cpus_per_trial if args.cpus_per_trial is None else args.cpus_per_trial
+        gpus = settings.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
+        check_trial_request(cpus, gpus, study.base.get("device", "auto"))
+
+
+def run(args, argv: list[str], study) -> int:
     from ..method.data import DataUnavailableError
-    from .runner import RunOptions, StudyRunError, run_study
     from ..method.teachers import TeacherCheckpointError
+    from .resources import PendingTimeoutError
+    from .runner import RunOptions, StudyRunError, run_study
+    from .watchdog import Terminated, raise_terminated
 
     opts = RunOptions(smoke=args.smoke, resume=args.resume, address=args.address, storage=args.storage,
                       tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, verbose=args.verbose,
-                      results_dir=args.results_dir)
+                      results_dir=args.results_dir, time_budget_s=args.time_budget,
+                      pending_timeout_s=None if args.pending_timeout is None else args.pending_timeout * 60,
+                      autoscaling=args.autoscaling, command=argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a scheduler, `kill`, `ray job stop`) ends the run as Ctrl+C does, with a --resume hint.
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
     try:
-        run_study(study, opts)
+        result = run_study(study, opts)
     except (DataUnavailableError, TeacherCheckpointError, StudyRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PendingTimeoutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PENDING_TIMEOUT
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
-        return 130
-    return 0
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    code, message = exit_status(result, args.allow_failed_trials)
+    if message:
+        sys.stdout.flush()
+        print(message, file=sys.stderr if code else sys.stdout, flush=True)
+    return code
+
+
+def exit_status(result: dict, allow_failed: bool = False) -> tuple[int, str | None]:
+    """The exit status of a finished run and the line printed last (README "Exit status")."""
+    from .watchdog import PENDING, SIGINT, SIGTERM, TIME_BUDGET
+
+    trials = result["trials"]
+    failed = [t for t in trials if t["status"] == "failed"]
+    first = f"'{failed[0]['name']}': {failed[0]['error']}" if failed else ""
+    if result.get("stop_kind"):
+        code = {TIME_BUDGET: EXIT_TIME_BUDGET, PENDING: EXIT_PENDING_TIMEOUT, SIGINT: EXIT_SIGINT,
+                SIGTERM: EXIT_SIGTERM}[result["stop_kind"]]
+        done = sum(t["status"] in ("completed", "stopped") for t in trials)
+        return code, (f"error: cut short ({result['stop_kind']}): {result['stop_reason']}; {done} of {len(trials)} "
+                      f"trials ended, {len(failed)} failed; continue with: {result['resume_command']}")
+    if trials and len(failed) == len(trials):
+        return EXIT_ALL_FAILED, f"error: all {len(trials)} trials failed; the first failure, {first}"
+    if failed:
+        summary = f"{len(failed)} of {len(trials)} trials failed (the first, {first})"
+        if allow_failed:
+            return EXIT_OK, f"warning: {summary}; exit status 0 (--allow-failed-trials)"
+        return EXIT_SOME_FAILED, f"error: {summary}; exit status 3 (--allow-failed-trials makes it 0)"
+    return EXIT_OK, None
 
 
 if __name__ == "__main__":

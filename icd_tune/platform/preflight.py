@@ -6,6 +6,7 @@ turns it into exit status 2 with nothing written.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -132,3 +133,43 @@ def estimate_disk_bytes(study, trial0, num_train: int, cache_bytes: int = 0) -> 
     trials = study.planned_trials()
     kept = 3  # two kept plus one being written
     return trials * kept * per_checkpoint + cache_bytes + 64 * 2**20
+
+
+def check_trial_request(cpus: float, gpus: float, device: str, source: str = "") -> None:
+    """Per-trial resources that can never make sense, whatever the cluster: refused before Ray starts."""
+    where = f" ({source})" if source else ""
+    if cpus <= 0:
+        raise StudyRunError(f"cpus_per_trial {cpus:g}{where}: expected more than 0")
+    if gpus < 0:
+        raise StudyRunError(f"gpus_per_trial {gpus:g}{where}: expected 0 or more")
+    if gpus > 1:
+        raise StudyRunError(f"gpus_per_trial {gpus:g}{where}: a trial trains on one device, so it can use at most "
+                            f"1 GPU; use 1, or a fraction such as 0.5 to pack trials on one GPU")
+    if device == "cuda" and gpus == 0:
+        raise StudyRunError(f"device: cuda with gpus_per_trial 0{where}: Ray would give the trials no GPU, so "
+                            f"none could see one; set gpus_per_trial (e.g. 1, or 0.5 to pack two per GPU), "
+                            f"or device: auto / cpu")
+
+
+def check_run_options(max_concurrent: int | None, time_budget_s: float | None,
+                      pending_timeout_s: float | None) -> None:
+    if max_concurrent is not None and max_concurrent < 1:
+        raise StudyRunError(f"--max-concurrent {max_concurrent}: expected at least 1; omit the flag for no limit")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise StudyRunError(f"--time-budget {time_budget_s:g} s: expected a positive duration such as 90m or 2h")
+    if pending_timeout_s is not None and pending_timeout_s <= 0:
+        raise StudyRunError(f"--pending-timeout {pending_timeout_s / 60:g}: expected a positive number of minutes")
+
+
+def parse_duration(text: str) -> float:
+    """'90m', '2h', '1.5h', '45s', '1d' -> seconds; a bare number is refused, its unit would be a guess."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in units else None
+    try:
+        number = float(value[:-1] if unit else "x")
+    except ValueError:
+        raise ValueError(f"'{text}' is not a duration: give a number and a unit, e.g. 90m, 2h, 1.5h, 45s") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"'{text}': expected a positive duration, e.g. 90m, 2h, 1.5h")
+    return number * units[unit]

@@ -86,3 +86,61 @@ def set_restored_callbacks(tuner, callbacks: list) -> None:
     pickled by the interrupted driver, bound to its MLflow client and parent run.
     """
     tuner._local_tuner._run_config.callbacks = callbacks
+
+
+def autoscaler_report() -> dict | None:
+    """What Ray's autoscaler last reported: its node types and what it is launching; None when none reports.
+
+    Stands in for a public "can this cluster add nodes?" (there is none; Tune itself
+    guesses from ``~/ray_bootstrap_config.yaml`` on the driver's machine, which a job
+    submitted to KubeRay never has). Autoscaler v1 writes its last report as JSON to the
+    GCS key-value store under ``__autoscaling_status``, what ``ray status`` prints
+    (ray/autoscaler/_private/monitor.py); v2 answers
+    ``ray.autoscaler.v2.sdk.get_cluster_status``. Checked against ray 2.60.0.
+    Returns {"types": set of node type names, "launching": {type: count}, "version": "v1" | "v2"}.
+    """
+    import json
+
+    import ray
+    from ray._private import ray_constants
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    if is_autoscaler_v2(fetch_from_server=True):
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        nodes = [*status.active_nodes, *status.idle_nodes, *status.pending_nodes, *status.failed_nodes]
+        launching: dict[str, int] = {}
+        for launch in status.pending_launches:
+            launching[launch.ray_node_type_name] = launching.get(launch.ray_node_type_name, 0) + launch.count
+        return {"types": {n.ray_node_type_name for n in nodes} | set(launching), "launching": launching,
+                "version": "v2"}
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(raw).get("autoscaler_report") if raw else None
+    if not report:
+        return None
+    launching = dict(report.get("pending_launches") or {})
+    types = set(report.get("active_nodes") or {}) | set(report.get("idle_nodes") or {}) | set(launching)
+    types |= {entry[1] for entry in [*(report.get("pending_nodes") or []), *(report.get("failed_nodes") or [])]}
+    types |= set((report.get("node_type_mapping") or {}).values())
+    return {"types": types, "launching": launching, "version": "v1"}
+
+
+def request_tune_stop() -> bool:
+    """Ends the running ``Tuner.fit`` as Ctrl+C does: no new trials, running ones stopped, state saved for restore.
+
+    Stands in for a public ``Tuner.stop()`` (there is none). While ``fit`` runs in the main
+    thread, Tune handles SIGUSR1 exactly like a first SIGINT (``_setup_signal_catching`` in
+    ray/tune/tune.py): it sets the run's interrupted event, the loop ends after its step and
+    writes the experiment state with the unfinished trials still RUNNING or PENDING, so that
+    ``Tuner.restore(..., resume_unfinished=True)`` continues them. Calling the installed
+    handler delivers that signal synchronously. Returns False when Tune installed none.
+    """
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if not callable(handler):
+        return False
+    handler(signal.SIGUSR1, None)
+    return True

@@ -273,18 +273,44 @@ def _validate_points(study: Study) -> list[tuple[str, TrialConfig]]:
             cfg = study.trial_config(seed, overrides)
         except ConfigError as err:
             raise ConfigError(f"{err.message} (in trial '{name}')", err.key_path) from None
-        if cfg.loss.negatives.source == "memory" and cfg.loss.uses_icd:
-            n = train_size(cfg.data)
-            try:
-                check_negative_count(cfg.loss.negatives.count, n, cfg.optim.batch_size)
-            except ValueError as err:
-                raise ConfigError(f"{err} (in trial '{name}')", "loss.negatives.count") from None
+        _check_data_sizes(cfg, name)
         trials.append((name, cfg))
+    _check_asha(study)
     return trials
 
 
 def _corner_name(overrides: dict[str, Any], seed: int) -> str:
     return "search space at " + " ".join(f"{short_name(k)}={v}" for k, v in overrides.items()) + f" seed={seed}"
+
+
+def _check_data_sizes(cfg: TrialConfig, name: str) -> None:
+    """Batches and negative counts the training split cannot supply, known before any data is loaded."""
+    n = train_size(cfg.data)
+    split = (f"the training split has {n} images ({cfg.data.name}, after holding out val_fraction "
+             f"{cfg.data.val_fraction:g} for validation)")
+    if cfg.optim.batch_size > n:
+        raise ConfigError(f"bad value {cfg.optim.batch_size!r}: {split}, fewer than one batch; use a batch of at most "
+                          f"{n} (in trial '{name}')", "optim.batch_size")
+    teacher_batch = cfg.teacher.optim.batch_size
+    if cfg.loss.uses_teacher and not cfg.teacher.checkpoint and teacher_batch > n:
+        raise ConfigError(f"bad value {teacher_batch!r}: the teacher is trained on this data and {split}, fewer than "
+                          f"one batch; use a batch of at most {n} (in trial '{name}')", "teacher.optim.batch_size")
+    if cfg.loss.negatives.source == "memory" and cfg.loss.uses_icd:
+        try:
+            check_negative_count(cfg.loss.negatives.count, n, cfg.optim.batch_size)
+        except ValueError as err:
+            raise ConfigError(f"{err} (in trial '{name}')", "loss.negatives.count") from None
+
+
+def _check_asha(study: Study) -> None:
+    asha = study.settings.asha
+    budget = study.max_epochs()
+    if asha.enabled and asha.grace_period >= budget:
+        # ASHA's first decision comes after grace_period epochs: at or past the budget it never stops a trial.
+        allowed = {1: "nothing can be (a 1-epoch budget)", 2: "use 1"}.get(budget, f"use 1 to {budget - 1}")
+        raise ConfigError(f"bad value {asha.grace_period!r}: ASHA's grace period must be below the epoch budget "
+                          f"({budget} epochs, from optim.epochs or asha.max_epochs), or no trial is ever stopped early; "
+                          f"{allowed}, or set asha.enabled: false", "asha.grace_period")
 
 
 def study_summary(study: Study) -> dict:

@@ -27,7 +27,10 @@ class AshaConfig:
 
     def validate(self, path: str) -> None:
         require(self.grace_period >= 1, f"bad value {self.grace_period!r}: expected at least 1 epoch", join_path(path, "grace_period"))
-        require(self.reduction_factor > 1, f"bad value {self.reduction_factor!r}: expected a reduction factor > 1", join_path(path, "reduction_factor"))
+        # ASHA promotes the top 1/factor of each rung, rungs at grace_period * factor^k epochs: below 2
+        # it keeps most trials and judges them at rungs only an epoch or two apart.
+        require(self.reduction_factor >= 2, f"bad value {self.reduction_factor!r}: expected a reduction factor of at "
+                f"least 2 (each rung keeps 1/reduction_factor of its trials)", join_path(path, "reduction_factor"))
         if self.max_epochs is not None:
             require(self.max_epochs >= 1, f"bad value {self.max_epochs!r}: expected at least 1", join_path(path, "max_epochs"))
 
@@ -90,9 +93,11 @@ class StudySettings:
         require(self.max_retries >= 0, f"bad value {self.max_retries!r}: expected >= 0", join_path(path, "max_retries"))
         require(self.checkpoint_every >= 1, f"bad value {self.checkpoint_every!r}: expected >= 1", join_path(path, "checkpoint_every"))
         require(self.cpus_per_trial > 0, f"bad value {self.cpus_per_trial!r}: expected > 0", join_path(path, "cpus_per_trial"))
-        require(self.gpus_per_trial >= 0, f"bad value {self.gpus_per_trial!r}: expected >= 0", join_path(path, "gpus_per_trial"))
+        require(0 <= self.gpus_per_trial <= 1, f"bad value {self.gpus_per_trial!r}: expected 0 to 1; a trial trains on "
+                f"one device (a fraction packs several trials on one GPU)", join_path(path, "gpus_per_trial"))
         if self.max_concurrent is not None:
-            require(self.max_concurrent >= 1, f"bad value {self.max_concurrent!r}: expected >= 1", join_path(path, "max_concurrent"))
+            require(self.max_concurrent >= 1, f"bad value {self.max_concurrent!r}: expected >= 1 (leave it out for no "
+                    f"limit)", join_path(path, "max_concurrent"))
 
 
 STUDY_KEYS = tuple(f.name for f in dataclasses.fields(StudySettings))

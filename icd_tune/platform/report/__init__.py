@@ -15,7 +15,7 @@ Trial record::
 
     {"trial_id": "a1b2_00003", "name": "invariance_weight=0.5 seed=1",
      "levels": {"invariance_weight": 0.5}, "params": {"loss.invariance_weight": 0.5, ...},
-     "seed": 1, "status": "completed" | "stopped" | "failed", "epochs": 12,
+     "seed": 1, "status": "completed" | "stopped" | "failed" | "unfinished", "epochs": 12,
      "final": {"test/acc1": 71.2, "test/acc1_at_best_val": 71.6, "val/best_acc1": 70.5, ...},
      "error": None | "..."}
 
@@ -33,7 +33,7 @@ from .parquet import write_parquet
 from .plots import plot_factor, plot_learning_curves, use_log_axis
 from .stats import best_configurations, check_selection_metric, level_table
 # Trial status values, importable from here by code that builds trial records.
-from .stats import COMPLETED, FAILED, STOPPED  # noqa: F401
+from .stats import COMPLETED, FAILED, STOPPED, UNFINISHED  # noqa: F401
 
 __all__ = [
     "level_table",
@@ -54,7 +54,7 @@ def _safe_name(name: str) -> str:
 def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping],
                  history: Sequence[Mapping], factors: Iterable[str] | None, baseline: Any = None,
                  metric: str = "test/acc1_at_best_val", mode: str = "max",
-                 selection_metric: str = "val/acc1") -> dict[str, Path]:
+                 selection_metric: str = "val/acc1", notice: str | None = None) -> dict[str, Path]:
     """Write report.txt, trials/history Parquet, factor plots and learning curves.
 
     ``metric`` is the reported test number (plotted per factor);
@@ -63,7 +63,7 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     file is written. Returns file name -> path (``report.txt``,
     ``trials.parquet``, ``history.parquet``, ``factor_<name>.png`` per factor,
     ``learning_curves.png``). ``baseline`` may be one level for all factors
-    or a dict factor -> level.
+    or a dict factor -> level. ``notice`` (e.g. why the run was cut short) heads the report.
     """
     check_selection_metric(selection_metric)
     out_dir = Path(out_dir)
@@ -75,7 +75,7 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
 
     report = out_dir / "report.txt"
     report.write_text(render_report(study_name, trials, factors, baseline=baseline, metric=metric,
-                                    mode=mode, selection_metric=selection_metric),
+                                    mode=mode, selection_metric=selection_metric, notice=notice),
                       encoding="utf-8")
     paths[report.name] = report
     trials_path, history_path = write_parquet(trials, history, out_dir)

@@ -11,6 +11,7 @@ from .stats import (
     FAILED,
     MIN_PAIRS,
     STOPPED,
+    UNFINISHED,
     _check_mode,
     _failed,
     _find_level,
@@ -224,6 +225,19 @@ def _stopped_section(trials, selection_metric) -> list[str]:
     return lines + [_md_table(headers, body, [False, False, True, True, True]), ""]
 
 
+def _unfinished_section(trials, selection_metric) -> list[str]:
+    unfinished = [t for t in trials if t.get("status") == UNFINISHED]
+    if not unfinished:
+        return []
+    lines = [f"## Unfinished trials ({len(unfinished)})", "",
+             "Left running or waiting when the run was cut short; --resume continues them. They are in no "
+             "mean, difference or ranking above.", ""]
+    headers = ["trial", "level", "seed", "epoch reached", f"last {selection_metric}"]
+    body = [[str(t.get("trial_id")), _levels_text(t), _fmt_value(t.get("seed")), _fmt_value(t.get("epochs")),
+             _fmt_num(_number((t.get("final") or {}).get(selection_metric)))] for t in unfinished]
+    return lines + [_md_table(headers, body, [False, False, True, True, True]), ""]
+
+
 def _failed_section(trials) -> list[str]:
     failed = [t for t in trials if _failed(t)]
     lines = [f"## Failed trials ({len(failed)})", ""]
@@ -280,7 +294,7 @@ def _method_lines(trials, metric, selection_metric, mode, compared: bool) -> lis
 
 def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[str] | None,
                   baseline: Any = None, metric: str = "test/acc1_at_best_val", mode: str = "max",
-                  selection_metric: str = "val/acc1") -> str:
+                  selection_metric: str = "val/acc1", notice: str | None = None) -> str:
     """Plain-text, markdown-compatible report of a study.
 
     ``baseline`` is a level value applied to every factor that has it, or a
@@ -293,14 +307,19 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
     trials = list(trials)
     factors = list(factors or [])
     statuses = [t.get("status") for t in trials]
-    n_done, n_stop, n_fail = (statuses.count(s) for s in (COMPLETED, STOPPED, FAILED))
-    other = len(trials) - n_done - n_stop - n_fail
+    n_done, n_stop, n_fail, n_left = (statuses.count(s) for s in (COMPLETED, STOPPED, FAILED, UNFINISHED))
+    other = len(trials) - n_done - n_stop - n_fail - n_left
 
     counts = f"Trials: {len(trials)} total | {n_done} completed | {n_stop} stopped early | {n_fail} failed"
+    if n_left:
+        counts += f" | {n_left} unfinished"
     if other:
         counts += f" | {other} other status"
     compared = bool(factors) and any(_baseline_for(baseline, f) is not None for f in factors)
-    lines = [f"# Study report: {study_name}", "", counts, ""]
+    lines = [f"# Study report: {study_name}", ""]
+    if notice:
+        lines += [w for w in textwrap.wrap(notice, 100, subsequent_indent="  ")] + [""]
+    lines += [counts, ""]
     lines += _method_lines(trials, metric, selection_metric, mode, compared)
 
     for factor in factors:
@@ -309,5 +328,6 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
 
     lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)
     lines += _stopped_section(trials, selection_metric)
+    lines += _unfinished_section(trials, selection_metric)
     lines += _failed_section(trials)
     return "\n".join(lines).rstrip() + "\n"

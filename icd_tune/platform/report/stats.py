@@ -17,6 +17,8 @@ from scipy import stats
 FAILED = "failed"
 STOPPED = "stopped"
 COMPLETED = "completed"
+# Left running or waiting when the run was cut short (time budget, interruption); --resume continues it.
+UNFINISHED = "unfinished"
 
 _NA = "n/a"
 

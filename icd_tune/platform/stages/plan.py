@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...method.config import TrialConfig
 from ..fingerprint import FINGERPRINT_KEY, check_resume, code_version, study_fingerprint
-from ..preflight import StudyRunError
+from ..preflight import StudyRunError, check_run_options, check_trial_request
+from ..smoke import smoke_setup
 from ..study import Study
 from ..study_settings import StudySettings
 from ..trainable import TrialRunSettings
@@ -37,6 +39,25 @@ class RunOptions:
     verbose: bool = False
     results_dir: str | None = None
     extra_callbacks: list = field(default_factory=list)
+    # Stop starting trials and end the running ones (resumably) this many seconds after the start.
+    time_budget_s: float | None = None
+    # Give up when the cluster has not provided a trial's resources for this long; None: 30 min on a
+    # cluster that can grow, no limit on one that cannot (requests no node meets are refused there).
+    pending_timeout_s: float | None = None
+    # Whether the cluster adds nodes on demand; None detects it from Ray's autoscaler state.
+    autoscaling: bool | None = None
+    # The command line that started the run, for the --resume hint; None: a minimal one.
+    command: list[str] | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def effective_address(self) -> str | None:
+        """The cluster this run joins: --address, else RAY_ADDRESS (as ``ray job submit`` sets it); None: a local instance."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
+
+    @property
+    def joins_cluster(self) -> bool:
+        return self.effective_address not in (None, "local")
 
 
 @dataclass
@@ -56,7 +77,7 @@ class StudyPlan:
     state: dict
     storage_path: str
     tracking_uri: str
-    # Warnings for the user that do not stop the run (a resume at another code commit, say).
+    # For the log, not stopping the run: what a smoke run stood in, a resume at another code commit.
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -99,22 +120,34 @@ class StudyPlan:
     def save_state(self) -> None:
         (self.run_folder / STATE_FILE).write_text(json.dumps(self.state, indent=2))
 
+    def resume_command(self) -> str:
+        args = list(self.opts.command) if self.opts.command else [self.study.source]
+        if "--resume" not in args:
+            args.append("--resume")
+        if not self.opts.command and self.opts.results_dir:
+            args += ["--results-dir", self.opts.results_dir]
+        return " ".join(["python run_ablation.py", *(shlex.quote(a) for a in args)])
+
 
 def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     settings = study.settings
+    check_run_options(opts.max_concurrent, opts.time_budget_s, opts.pending_timeout_s)
+    check_client_resume(opts)
     base = dict(study.base)
     if opts.data_dir:
         base["data"] = {**base["data"], "root": str(Path(opts.data_dir).expanduser().resolve())}
-    cpus = opts.cpus_per_trial or settings.cpus_per_trial
+    cpus = settings.cpus_per_trial if opts.cpus_per_trial is None else opts.cpus_per_trial
     gpus = settings.gpus_per_trial if opts.gpus_per_trial is None else opts.gpus_per_trial
-    if gpus == 0 and base.get("device") == "auto":
-        base["device"] = "cpu"  # a trial without a GPU share must not grab one
     max_epochs = study.max_epochs()
     points = study.grid_points() if settings.mode == "grid" else None
+    notes: list[str] = []
     if opts.smoke:
-        points = [study.first_point()]
-        base = smoke_base(base, settings)
+        smoke = smoke_setup(base, settings, study.first_point(), cpus, gpus, local=not opts.joins_cluster)
+        base, points, cpus, gpus, notes = smoke.base, [smoke.point], smoke.cpus, smoke.gpus, smoke.notes
         max_epochs = settings.smoke.epochs
+    check_trial_request(cpus, gpus, base.get("device", "auto"), request_source(opts))
+    if gpus == 0 and base.get("device") == "auto":
+        base["device"] = "cpu"  # a trial without a GPU share must not grab one
 
     results_root = Path(opts.results_dir or settings.results_dir).expanduser().resolve()
     run_folder, state = run_folder_and_state(study, opts, results_root / study.name)
@@ -132,7 +165,7 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     ) or settings.mode == "search"
     plan = StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
-                     state=state, storage_path=storage_path, tracking_uri=tracking_uri)
+                     state=state, storage_path=storage_path, tracking_uri=tracking_uri, notes=notes)
     record_fingerprint(plan)
     return plan
 
@@ -148,12 +181,21 @@ def record_fingerprint(plan: StudyPlan) -> None:
     plan.state.setdefault("resumed", []).append(code_version())
 
 
-def smoke_base(base: dict, settings: StudySettings) -> dict:
-    """Trial defaults capped for a smoke run: few epochs, few steps, a briefly trained teacher."""
-    smoke = settings.smoke
-    teacher = {**base["teacher"], "optim": {**base["teacher"]["optim"], "epochs": smoke.teacher_epochs}}
-    return {**base, "optim": {**base["optim"], "epochs": smoke.epochs}, "max_steps_per_epoch": smoke.max_steps,
-            "teacher": teacher}
+def request_source(opts: RunOptions) -> str:
+    flags = [f for f, v in (("--cpus-per-trial", opts.cpus_per_trial), ("--gpus-per-trial", opts.gpus_per_trial))
+             if v is not None]
+    return " and ".join(flags) + " given" if flags else ""
+
+
+def check_client_resume(opts: RunOptions) -> None:
+    address = opts.effective_address or ""
+    if opts.resume and address.startswith("ray://"):
+        # Through Ray Client, Tune runs on the cluster's head: the interrupted experiment is there, beyond
+        # this machine's reach, and restoring it from here would start the study over instead.
+        raise StudyRunError(
+            f"--resume cannot work through a Ray Client address ({address}): the interrupted run's experiment "
+            f"state is on the cluster, not on this machine. Resume from a driver on the cluster, e.g. "
+            f"ray job submit --address http://HEAD:8265 -- python run_ablation.py STUDY.yaml --address auto --resume")
 
 
 def run_folder_and_state(study: Study, opts: RunOptions, study_root: Path) -> tuple[Path, dict]:

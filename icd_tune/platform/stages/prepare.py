@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Callable
 from ..metrics import EPOCH, TEST_ACC1
 from ..preflight import (StudyRunError, check_experiment_storage, check_folder_writable, check_free_space,
                          check_tracking_store, estimate_disk_bytes)
+from ..resources import Growth, Node, Request, check_capacity
+from ..smoke import local_cpus, local_gpus
 from ..trainable import OutputCacheSpec
 from .plan import StudyPlan, planned_trial_epochs
 
@@ -33,16 +35,23 @@ class Prepared:
     teacher: nn.Module | None = None  # frozen, on the CPU; None when no trial needs one
     teacher_info: dict = field(default_factory=lambda: {"source": "none"})
     output_cache: OutputCacheSpec | None = None
+    growth: Growth = field(default_factory=lambda: Growth(False, "not checked"))
 
 
 def prepare(plan: StudyPlan, log: Log) -> Prepared:
     data = check_inputs(plan)
+    requests = resource_requests(plan, data)
+    if starts_local_ray(plan):
+        # The instance about to start is this machine, known without starting it: refuse in a second.
+        check_capacity(requests, False, plan.opts.autoscaling, plan.opts.pending_timeout_s, log,
+                       nodes=[Node(float(local_cpus()), float(local_gpus()))])
     start_ray(plan)
+    growth = check_capacity(requests, plan.opts.joins_cluster, plan.opts.autoscaling, plan.opts.pending_timeout_s, log)
     hosts = cluster_hosts()
     check_experiment_storage(plan.storage_path, hosts)
     create_run_folder(plan)
     announce(plan, log)
-    prepared = Prepared(data=data, hosts=hosts)
+    prepared = Prepared(data=data, hosts=hosts, growth=growth)
     if plan.needs_teacher:
         prepared.teacher, prepared.teacher_info = load_teacher(plan, data, log)
         prepared.output_cache = prepare_output_cache(plan, prepared, log)
@@ -77,12 +86,38 @@ def start_ray(plan: StudyPlan) -> None:
     # Without --address (or RAY_ADDRESS, as set by `ray job submit`) start a private local
     # instance rather than attaching to whatever cluster happens to run on this machine.
     opts = plan.opts
-    address = opts.address or os.environ.get("RAY_ADDRESS") or "local"
+    address = opts.effective_address or "local"
+    # The local instance has what the smoke caps and the refusals count, cgroup quotas included.
+    local = {} if opts.joins_cluster else {"num_cpus": local_cpus(), "num_gpus": local_gpus()}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
-                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True)
+                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True, **local)
     except Exception as err:  # ConnectionError, auth and version mismatches all land here
         raise StudyRunError(f"cannot join the Ray cluster at {address}: {type(err).__name__}: {err}") from None
+
+
+def starts_local_ray(plan: StudyPlan) -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")  # only an imported Ray can already be running
+    return not plan.opts.joins_cluster and not (ray is not None and ray.is_initialized())
+
+
+def resource_requests(plan: StudyPlan, data: DataBundle) -> list[Request]:
+    """What must fit on one node: a trial, and the teacher's training task when one will run."""
+    requests = [Request("a trial", plan.cpus, plan.gpus)]
+    if plan.needs_teacher and trains_teacher_remotely(plan) and not plan.trial0.teacher.checkpoint:
+        from ...method.teachers import teacher_cache_path
+
+        teacher = plan.trial0.teacher
+        if not teacher_cache_path(teacher, data, plan.teacher_dir, plan.trial0.data.augment).is_file():
+            requests.append(Request("the teacher's training task", plan.cpus, 1.0 if plan.gpus else 0.0))
+    return requests
+
+
+def trains_teacher_remotely(plan: StudyPlan) -> bool:
+    # On a cluster the driver may sit on a CPU-only head: train where a trial would run.
+    return bool(plan.gpus) or plan.opts.joins_cluster
 
 
 def cluster_hosts() -> set[str]:
@@ -105,10 +140,21 @@ def announce(plan: StudyPlan, log: Log) -> None:
     from ..tracking import ui_command
 
     study = plan.study
+    for note in plan.notes:
+        log(note)
     log(f"study '{study.name}': {plan.planned_trials} trials, "
         f"up to {plan.max_epochs} epochs each; results in {plan.run_folder}")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
+
+
+def driver_has_trial_device(plan: StudyPlan) -> bool:
+    """Whether this process can compute on the device the trials get: the CPU, or a GPU when they get a share."""
+    if not plan.gpus:
+        return True
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def driver_device(plan: StudyPlan) -> str:
@@ -121,8 +167,7 @@ def load_teacher(plan: StudyPlan, data: DataBundle, log: Log) -> tuple[nn.Module
 
     trial0 = plan.trial0
     train_fn = None
-    if plan.gpus or plan.opts.address:
-        # On a cluster the driver may sit on a CPU-only head: train where a trial would run.
+    if trains_teacher_remotely(plan):
         train_fn = remote_teacher_training(trial0, data, plan.cpus, 1 if plan.gpus else 0)
     teacher, info = get_teacher(
         trial0.teacher, data, trial0.data, device=driver_device(plan), cache_dir=plan.teacher_dir,
@@ -157,16 +202,21 @@ def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) ->
 
 
 def prepare_output_cache(plan: StudyPlan, prepared: Prepared, log: Log) -> OutputCacheSpec | None:
-    """Decides on the teacher-output cache and, on a single host, builds it once here."""
+    """Decides on the teacher-output cache and, on a single host whose driver has the trials' device, builds it once here."""
     trial0, data, teacher = plan.trial0, prepared.data, prepared.teacher
-    on_cluster = len(prepared.hosts) > 1 or bool(plan.opts.address)
+    # A cluster joined through RAY_ADDRESS counts as one: an autoscaling cluster may show only its head yet.
+    on_cluster = len(prepared.hosts) > 1 or plan.opts.joins_cluster
+    lacks_device = not driver_has_trial_device(plan)
     enabled, reason = cache_decision(plan.study, trial0, data.num_train, getattr(teacher, "feature_dim"),
                                      data.num_classes, smoke=plan.opts.smoke, on_cluster=on_cluster)
+    if enabled and lacks_device and not on_cluster:
+        reason += ("; this driver sees no GPU while each trial gets one, so each node builds its own copy once, "
+                   "on its own device, before its first trial")
     log(f"teacher-output cache: {reason}")
     if not enabled:
         return None
     spec = OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=trial0.teacher.cache_dtype)
-    if not on_cluster:
+    if not on_cluster and not lacks_device:
         from ...method.device import resolve_device
         from ...method.output_cache import get_or_build_cache
 

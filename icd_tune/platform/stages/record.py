@@ -33,6 +33,9 @@ class StudyResult:
     parent_run_id: str
     wall_seconds: float
     report: str
+    stop_kind: str | None = None  # why the run ended early (see TuneOutcome); None: every trial ended
+    stop_reason: str | None = None
+    resume_command: str | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -41,18 +44,23 @@ class StudyResult:
 def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
                       log: Callable[[str], None]) -> StudyResult:
     study, settings = plan.study, plan.settings
-    trials, history = trial_records(outcome.result_grid, plan.describer(), plan.max_epochs)
+    trials, history = trial_records(outcome.result_grid, plan.describer(), plan.max_epochs, outcome.unfinished)
     factors = [f.name for f in study.factors] if not plan.opts.smoke else []
+    cut_short = outcome.stop_kind is not None
+    notice = (f"CUT SHORT ({outcome.stop_kind}): {outcome.stop_reason}. Unfinished trials are listed apart; "
+              f"continue with: {plan.resume_command()}") if cut_short else None
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
-                         metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric)
+                         metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric,
+                         notice=notice)
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
-    close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
-                       outcome.wall_seconds)
-    plan.state["status"] = "finished"
-    plan.save_state()
+    if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
+        close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
+                           outcome.wall_seconds)
+        plan.state["status"] = "finished"
+        plan.save_state()
     log(report_text)
     log(f"results: {plan.run_folder}")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
@@ -60,14 +68,18 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     log(f"compare the trials:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
     return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
                        experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                       wall_seconds=outcome.wall_seconds, report=report_text)
+                       wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
+                       stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
 
 
-def trial_records(result_grid, describe: TrialDescriber, max_epochs: int) -> tuple[list[dict], list[dict]]:
+def trial_records(result_grid, describe: TrialDescriber, max_epochs: int,
+                  unfinished: set[str] = frozenset()) -> tuple[list[dict], list[dict]]:
     """One record per trial (status, final metrics, error) and one history row per reported epoch."""
     trials, history = [], []
     for result in result_grid:
         record = trial_record(result, describe, max_epochs)
+        if record["trial_id"] in unfinished and record["status"] != "failed":
+            record["status"] = "unfinished"
         trials.append(record)
         history += history_rows(result, record["trial_id"])
     return trials, history

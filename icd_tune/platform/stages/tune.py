@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray import tune
@@ -16,10 +16,12 @@ from ray import tune
 from ..metrics import EPOCH
 from ..progress import ProgressCallback
 from ..ray_internals import set_restored_callbacks
+from ..resources import DEFAULT_PENDING_TIMEOUT_S
 from ..searcher import make_searcher
 from ..study import Study
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
+from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
 from .plan import StudyPlan
 from .prepare import Prepared
 from .track import ParentRun, close_interrupted
@@ -29,6 +31,10 @@ from .track import ParentRun, close_interrupted
 class TuneOutcome:
     result_grid: Any  # ray.tune.ResultGrid
     wall_seconds: float
+    # Why the run ended before every trial did (watchdog.TIME_BUDGET, PENDING, SIGINT, SIGTERM); None: it ran out.
+    stop_kind: str | None = None
+    stop_reason: str | None = None
+    unfinished: set[str] = field(default_factory=set)  # trial ids the early end left to --resume
 
 
 @dataclass
@@ -46,7 +52,8 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
                                        log_students=plan.settings.log_students)
     progress = ProgressCallback(plan.planned_trials, plan.max_epochs, plan.settings.metric, plan.settings.metric_mode,
                                 describe=describe)
-    callbacks = [trial_logger, progress, *plan.opts.extra_callbacks]
+    watch = study_watch(plan, prepared)
+    callbacks = [trial_logger, progress, watch, *plan.opts.extra_callbacks]
     snapshot_every_step()
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=prepared.data, teacher=prepared.teacher, base=plan.base,
@@ -72,14 +79,33 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
             set_restored_callbacks(tuner, callbacks)
         else:
             tuner = tune.Tuner(trainable, param_space=space.param_space, tune_config=tune_config, run_config=run_config)
-        result_grid = tuner.fit()
+        with graceful_sigterm(watch):
+            result_grid = tuner.fit()
     except KeyboardInterrupt:
-        close_interrupted(parent, trial_logger)
-        plan.state["status"] = "interrupted"
-        plan.save_state()
-        log(f"interrupted; continue with: run_ablation.py {plan.study.source} --resume")
+        mark_interrupted(plan, parent, trial_logger)
+        log(f"interrupted; continue with: {plan.resume_command()}")
         raise
-    return TuneOutcome(result_grid, time.time() - started)
+    outcome = TuneOutcome(result_grid, time.time() - started)
+    if watch.stopped and (watch.unfinished or len(result_grid) < plan.planned_trials):
+        outcome.stop_kind, outcome.stop_reason, outcome.unfinished = watch.kind, watch.reason, set(watch.unfinished)
+        mark_interrupted(plan, parent, trial_logger)
+    return outcome
+
+
+def study_watch(plan: StudyPlan, prepared: Prepared) -> StudyWatch:
+    opts = plan.opts
+    pending = opts.pending_timeout_s
+    if pending is None and prepared.growth.can_grow:
+        pending = DEFAULT_PENDING_TIMEOUT_S  # a cluster that may grow may also never do so
+    return StudyWatch(deadline=budget_deadline(opts.started, opts.time_budget_s),
+                      budget_text=format_duration(opts.time_budget_s or 0), pending_timeout_s=pending,
+                      trial_cpus=plan.cpus, trial_gpus=plan.gpus)
+
+
+def mark_interrupted(plan: StudyPlan, parent: ParentRun, trial_logger: MLflowTrialCallback) -> None:
+    close_interrupted(parent, trial_logger)
+    plan.state["status"] = "interrupted"
+    plan.save_state()
 
 
 def snapshot_every_step() -> None:
