@@ -69,7 +69,7 @@ REFUSED = [
     # cadence
     ("search reads val every epoch", SEARCH, ["eval_every=2"], "eval_every",
      r"bad value 2: val/acc1 drives the Optuna search and ASHA, which read it after every epoch.*set eval_every: 1"),
-    ("ASHA on a grid reads val every epoch", GRID, ["eval_every=3", "asha.enabled=true"], "eval_every", r"drives ASHA, which"),
+    ("ASHA on a grid reads val every epoch", GRID, ["eval_every=3", "asha.enabled=true", "asha.grace_period=1"], "eval_every", r"drives ASHA, which"),
     # budget against schedule
     ("ASHA budget below the schedule", SEARCH, ["optim.epochs=8", "asha.max_epochs=4"], "asha.max_epochs",
      r"every trial would stop at epoch 4 of the 8 its optim.epochs schedules, before its learning-rate decays at epochs \[5, 6, 7\]"
