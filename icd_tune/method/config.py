@@ -154,10 +154,9 @@ class TrialConfig:
     eval_every: int = 1
 
     def validate(self, path: str) -> None:
+        from .distillers import method_names
         from .models import MODEL_NAMES
         from .schema import suggest
-
-        from .distillers import method_names
 
         require(self.method in method_names(), f"unknown method '{self.method}'{suggest(self.method, method_names())}", join_path(path, "method"))
         require(self.student in MODEL_NAMES, f"unknown model '{self.student}'{suggest(self.student, MODEL_NAMES)}", join_path(path, "student"))

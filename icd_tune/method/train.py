@@ -59,12 +59,8 @@ class Trainer:
             student = student.to(memory_format=torch.channels_last)
             if teacher_outputs is not None:
                 teacher_outputs = teacher_outputs.to(memory_format=torch.channels_last)
-        teacher_dim = None
-        if teacher is not None:
-            teacher_dim = getattr(teacher, "feature_dim", None)
-        elif teacher_outputs is not None:
-            # A trial fed only by a teacher-output cache has no teacher model to ask.
-            teacher_dim = getattr(teacher_outputs, "feature_dim", None)
+        # Live and cached teacher outputs both know their feature width; a cache-fed trial has no model to ask.
+        teacher_dim = getattr(teacher_outputs, "feature_dim", None)
         method = get_method(cfg.method)
         self.distiller = method(student, teacher_outputs, cfg.loss, feature_dim(cfg.student), teacher_dim,
                                 num_train=data.num_train, batch_size=opt.batch_size, seed=cfg.seed).to(self.device)
