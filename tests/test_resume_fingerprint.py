@@ -1,4 +1,4 @@
-"""--resume against the run's fingerprint: changes refused with each key, additions refused, placement free (no Ray)."""
+"""--resume against the run's fingerprint: changes refused with each key, additions planned apart, placement free (no Ray)."""
 
 import json
 
@@ -59,11 +59,8 @@ CASES = [
     ("changed space", SEARCH, ["search.space={loss.invariance_weight: {type: uniform, low: 0.0, high: 3.0}}"], "mix",
      r"search.space.loss.invariance_weight.high: 2.0 -> 3.0"),
     ("fewer samples", SEARCH, ["search.num_samples=2"], "mix", r"search.num_samples: 4 -> 2"),
-    ("added seed", GRID, ["seeds=[0, 1, 2]"], "add",
-     r"would add 2 trial\(s\) .*\('invariance_weight=0.0 seed=2', 'invariance_weight=0.5 seed=2'\); its finished trials "
-     r"are kept, but Ray Tune runs only a restored experiment's own trials"),
-    ("added level", GRID, ["grid.invariance_weight.levels=[0.0, 0.5, 1.0]"], "add", r"would add 2 trial\(s\)"),
-    ("more samples", SEARCH, ["search.num_samples=6"], "add", r"would add 2 trial\(s\) .*\('sample 5', 'sample 6'\)"),
+    ("added seed and a changed weight", GRID, ["seeds=[0, 1, 2]", "loss.kd_weight=0.5"], "mix",
+     r"loss.kd_weight: 1.0 -> 0.5"),
 ]
 
 
@@ -75,10 +72,40 @@ def test_resume_that_changes_or_adds_trials_is_refused_and_changes_nothing(tmp_p
     with pytest.raises(StudyRunError, match=pattern) as info:
         resume(tmp_path, path, sets)
     message = str(info.value)
-    assert ("would mix two studies" in message) == (kind == "mix")
+    assert "would mix two studies" in message
     assert "Nothing was changed" in message and "start a new run (without --resume)" in message
     assert state_file.read_bytes() == before
     assert sorted(p.name for p in state_file.parent.iterdir()) == [STATE_FILE]
+
+
+# (label, study, --set on resume, added trial names, trials per experiment after the resume)
+ADDITIONS = [
+    ("added seed", GRID, ["seeds=[0, 1, 2]"], ["invariance_weight=0.0 seed=2", "invariance_weight=0.5 seed=2"], [4, 2]),
+    ("added level", GRID, ["grid.invariance_weight.levels=[0.0, 0.5, 1.0]"],
+     ["invariance_weight=1.0 seed=0", "invariance_weight=1.0 seed=1"], [4, 2]),
+    ("more samples", SEARCH, ["search.num_samples=6"], ["sample 5", "sample 6"], [4, 2]),
+]
+
+
+@pytest.mark.parametrize("label,body,sets,added,sizes", ADDITIONS, ids=[c[0] for c in ADDITIONS])
+def test_resume_that_only_adds_trials_plans_them_as_another_experiment(tmp_path, tiny_study, label, body, sets, added,
+                                                                         sizes):
+    path, state_file = started_run(tmp_path, tiny_study, body)
+    before = state_file.read_bytes()
+    plan = resume(tmp_path, path, sets)
+    assert state_file.read_bytes() == before  # written once the run goes on, not while planning
+    experiments = plan.experiments()
+    assert [e.name for e in experiments] == ["tune", "tune-added-1"]
+    assert [e.trials for e in experiments] == sizes
+    if plan.points is not None:
+        assert [p.name for p in experiments[1].points] == added
+        assert not {p.name for p in experiments[0].points} & set(added)
+    assert plan.state["additions"][0]["trials"] == added
+    assert any(f"--resume adds 2 trial(s)" in n and "'tune-added-1'" in n for n in plan.notes)
+    # The run now defines the larger study: resuming it again as it is adds nothing more.
+    plan.save_state()
+    again = resume(tmp_path, path, sets)
+    assert [e.trials for e in again.experiments()] == sizes and len(again.state["additions"]) == 1
 
 
 def test_resume_with_other_placement_goes_on(tmp_path, tiny_study):

@@ -3,8 +3,9 @@
 Written to the run's state file when the run starts. ``--resume`` resolves the
 study again and compares: a changed definition (a loss weight, the metric, a
 level's keys, a removed trial) is refused with each changed key; only adding
-trials (more seeds, more levels, more samples) is told apart, and refused too,
-because Ray Tune runs a restored experiment's own trials and adds none. Where
+trials (more seeds, more levels, more samples) is told apart: the finished trials
+are kept and the added ones run in an experiment of their own beside the first
+(Ray Tune runs a restored experiment's own trials and adds none). Where
 trials run (devices, CPUs, concurrency, the cluster, the data folder) may change
 freely; a different code commit or icd-tune version is a warning.
 """
@@ -64,29 +65,23 @@ def code_version() -> dict:
     return {"icd_tune_version": version, "git_commit": git_commit(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def check_resume(old: dict | None, new: dict, run_folder: Path) -> list[str]:
-    """Refuses a resume that would change or add trials; returns notes (warnings) for one that may go on."""
+def check_resume(old: dict | None, new: dict, run_folder: Path) -> tuple[list[str], list[str]]:
+    """Refuses a resume that would change trials; returns notes (warnings) and the names of added trials."""
     if old is None:
         return [f"note: {run_folder} records no fingerprint (started by an older icd-tune), so --resume cannot "
-                f"check that its trials are unchanged; it records this resolution's from now on"]
+                f"check that its trials are unchanged; it records this resolution's from now on"], []
     changes, added = definition_changes(old["definition"], new["definition"])
     if changes:
         raise StudyRunError(
             f"--resume would mix two studies in {run_folder}: its trials were started with another definition.\n  "
             + "\n  ".join(changes)
             + "\nNothing was changed. Resume with the study as it was, or start a new run (without --resume).")
-    if added:
-        raise StudyRunError(
-            f"--resume would add {len(added)} trial(s) to {run_folder} ({_listed(added)}); its finished trials "
-            f"are kept, but Ray Tune runs only a restored experiment's own trials and adds none. Resume without "
-            f"the additions to finish this run, then start a new run (without --resume) for the larger study. "
-            f"Nothing was changed.")
     notes = []
     for key, what in (("git_commit", "code commit"), ("icd_tune_version", "icd-tune version")):
         if old.get(key) and new.get(key) and old[key] != new[key]:
             notes.append(f"warning: this run was started at {what} {old[key]} and resumes at {new[key]}; its trials "
                          f"keep their configs, but the code that runs them changed")
-    return notes
+    return notes, added
 
 
 def definition_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
@@ -104,13 +99,13 @@ def definition_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     added = [name for name in new_trials if name not in old_trials]
     seeds = f" (seeds {old['seeds']} -> {new['seeds']})" if old.get("seeds") != new.get("seeds") else ""
     if removed:
-        changes.append(f"trials: {_listed(removed)} planned -> absent{seeds}")
+        changes.append(f"trials: {listed(removed)} planned -> absent{seeds}")
     for name in old_trials:
         if name in new_trials:
             changes += [f"trial '{name}' {line}" for line in
                         changed_keys(flatten(old_trials[name]), flatten(new_trials[name]))]
     if changes and added:
-        changes.append(f"trials: {_listed(added)} absent -> planned")
+        changes.append(f"trials: {listed(added)} absent -> planned")
     return changes, added
 
 
@@ -123,6 +118,6 @@ def _search_changes(old: dict, new: dict, changes: list[str]) -> tuple[list[str]
     return changes, [f"sample {i + 1}" for i in range(before, after)] if after > before else []
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
     shown = ", ".join(f"'{n}'" for n in names[:LISTED])
     return shown + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")

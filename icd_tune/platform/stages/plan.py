@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...method.config import TrialConfig
-from ..fingerprint import FINGERPRINT_KEY, check_resume, code_version, study_fingerprint
+from ..fingerprint import FINGERPRINT_KEY, check_resume, code_version, listed, study_fingerprint
 from ..preflight import StudyRunError, check_run_options, check_trial_request
 from ..smoke import smoke_setup
 from ..study import Study
@@ -23,6 +23,22 @@ from ..trainable import TrialRunSettings
 from ..trials import TrialDescriber, TrialPoint, trial_config
 
 STATE_FILE = "study_state.json"
+# The state's list of trials a --resume added to a run, each batch run as an experiment of its own.
+ADDITIONS_KEY = "additions"
+FIRST_EXPERIMENT = "tune"
+
+
+@dataclass
+class Experiment:
+    """One Ray Tune experiment of a run: the first holds the trials it started with, later ones what --resume added."""
+
+    name: str  # its folder under the run's storage path
+    points: list[TrialPoint] | None  # a grid's points; None for a search
+    samples: int  # a search's draws (0 for a grid)
+
+    @property
+    def trials(self) -> int:
+        return len(self.points) if self.points is not None else self.samples
 
 
 @dataclass
@@ -106,9 +122,24 @@ class StudyPlan:
 
     @property
     def experiment_path(self) -> str:
+        return self.path_of(FIRST_EXPERIMENT)
+
+    def path_of(self, experiment: str) -> str:
         if "://" in self.storage_path:
-            return self.storage_path.rstrip("/") + "/tune"
-        return str(Path(self.storage_path) / "tune")
+            return self.storage_path.rstrip("/") + "/" + experiment
+        return str(Path(self.storage_path) / experiment)
+
+    def experiments(self) -> list[Experiment]:
+        """The run's experiments in the order they were planned: the first, then each --resume's additions."""
+        additions = self.state.get(ADDITIONS_KEY, [])
+        if self.points is None:
+            extra = [Experiment(a["name"], None, len(a["trials"])) for a in additions]
+            return [Experiment(FIRST_EXPERIMENT, None, self.planned_trials - sum(e.samples for e in extra)), *extra]
+        later = [set(a["trials"]) for a in additions]
+        added = set().union(*later)
+        first = Experiment(FIRST_EXPERIMENT, [p for p in self.points if p.name not in added], 0)
+        return [first, *(Experiment(a["name"], [p for p in self.points if p.name in names], 0)
+                         for a, names in zip(additions, later))]
 
     def run_settings(self) -> TrialRunSettings:
         return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
@@ -176,9 +207,26 @@ def record_fingerprint(plan: StudyPlan) -> None:
     if not plan.opts.resume:
         plan.state[FINGERPRINT_KEY] = fingerprint
         return
-    plan.notes += check_resume(plan.state.get(FINGERPRINT_KEY), fingerprint, plan.run_folder)
+    notes, added = check_resume(plan.state.get(FINGERPRINT_KEY), fingerprint, plan.run_folder)
+    plan.notes += notes
     plan.state.setdefault(FINGERPRINT_KEY, fingerprint)
     plan.state.setdefault("resumed", []).append(code_version())
+    if added:
+        record_additions(plan, fingerprint, added)
+
+
+def record_additions(plan: StudyPlan, fingerprint: dict, added: list[str]) -> None:
+    """Plans the added trials as one more experiment; the run's definition becomes the larger study's."""
+    additions = plan.state.setdefault(ADDITIONS_KEY, [])
+    name = f"{FIRST_EXPERIMENT}-added-{len(additions) + 1}"
+    additions.append({"name": name, "trials": added, "at": fingerprint.get("at")})
+    plan.state[FINGERPRINT_KEY] = fingerprint
+    kept = plan.planned_trials - len(added)
+    plan.notes.append(
+        f"note: --resume adds {len(added)} trial(s) ({listed(added)}) to the {kept} this run planned before; "
+        f"those are kept as they are (finished ones are not run again) and the added ones run as experiment "
+        f"'{name}'" + (", where ASHA compares them among themselves only" if plan.settings.asha.enabled
+                       and not plan.opts.smoke else ""))
 
 
 def request_source(opts: RunOptions) -> str:

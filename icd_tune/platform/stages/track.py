@@ -15,8 +15,11 @@ from typing import Iterable
 from ...method.schema import flatten, to_dict
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
 from ..tracking import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
-from .plan import StudyPlan
+from .plan import ADDITIONS_KEY, StudyPlan
 from .prepare import Prepared
+
+# On a parent run that --resume grew: the trials each resume added (JSON), since its params keep the first values.
+ADDITIONS_TAG = "icd_tune.additions"
 
 
 @dataclass
@@ -37,6 +40,8 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
     run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
                                   plan.state.get("parent_run_id"))
+    if plan.state.get(ADDITIONS_KEY):
+        tracker.client.set_tag(run_id, ADDITIONS_TAG, json.dumps(plan.state[ADDITIONS_KEY]))
     plan.state["parent_run_id"] = run_id
     plan.state["experiment_id"] = tracker.experiment_id
     plan.save_state()

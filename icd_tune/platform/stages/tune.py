@@ -1,7 +1,8 @@
 """Stage 4: the trials on Ray Tune: the trainable, a grid or the Optuna searcher, ASHA, the callbacks.
 
 A fresh run builds a Tuner; --resume restores the interrupted one from its
-experiment folder. Returns Ray's result grid and the wall time the trials took.
+experiment folder, and runs trials it adds as one more experiment beside it.
+Returns the trials' results and the wall time they took.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from ..study import Study
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
 from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
-from .plan import StudyPlan
+from .plan import FIRST_EXPERIMENT, Experiment, StudyPlan
 from .prepare import Prepared
 from .track import ParentRun, close_interrupted
 
 
 @dataclass
 class TuneOutcome:
-    result_grid: Any  # ray.tune.ResultGrid
+    result_grid: list  # ray.tune.Result of every trial, over the run's experiments
     wall_seconds: float
     # Why the run ended before every trial did (watchdog.TIME_BUDGET, PENDING, SIGINT, SIGTERM); None: it ran out.
     stop_kind: str | None = None
@@ -47,49 +48,62 @@ class TrialSpace:
 
 
 def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Callable[[str], None]) -> TuneOutcome:
+    """Runs the plan's experiments in turn (one, unless --resume added trials) and gathers their results."""
     describe = plan.describer()
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
                                        log_students=plan.settings.log_students)
-    progress = ProgressCallback(plan.planned_trials, plan.max_epochs, plan.settings.metric, plan.settings.metric_mode,
-                                describe=describe)
     watch = study_watch(plan, prepared)
-    callbacks = [trial_logger, progress, watch, *plan.opts.extra_callbacks]
     snapshot_every_step()
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=prepared.data, teacher=prepared.teacher, base=plan.base,
                              run_settings=plan.run_settings(), output_cache=prepared.output_cache),
         {"cpu": plan.cpus, "gpu": plan.gpus})
-    scheduler = asha_scheduler(plan)
-    space = trial_space(plan)
-    run_config = tune.RunConfig(
-        name="tune", storage_path=plan.storage_path, verbose=1 if plan.opts.verbose else 0, callbacks=callbacks,
-        failure_config=tune.FailureConfig(max_failures=plan.settings.max_retries),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        stop={EPOCH: plan.max_epochs} if plan.max_epochs < plan.trial0.optim.epochs else None)
-    tune_config = tune.TuneConfig(
-        search_alg=space.searcher, scheduler=scheduler, num_samples=space.num_samples,
-        max_concurrent_trials=plan.opts.max_concurrent or plan.settings.max_concurrent,
-        trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True)
+    results: list = []
     started = time.time()
-    try:
-        if plan.opts.resume and tune.Tuner.can_restore(plan.experiment_path):
-            log(f"resuming {plan.experiment_path}")
-            tuner = tune.Tuner.restore(plan.experiment_path, trainable, resume_unfinished=True, resume_errored=True,
-                                       param_space=space.param_space)
-            set_restored_callbacks(tuner, callbacks)
-        else:
-            tuner = tune.Tuner(trainable, param_space=space.param_space, tune_config=tune_config, run_config=run_config)
-        with graceful_sigterm(watch):
-            result_grid = tuner.fit()
-    except KeyboardInterrupt:
-        mark_interrupted(plan, parent, trial_logger)
-        log(f"interrupted; continue with: {plan.resume_command()}")
-        raise
-    outcome = TuneOutcome(result_grid, time.time() - started)
-    if watch.stopped and (watch.unfinished or len(result_grid) < plan.planned_trials):
+    for experiment in plan.experiments():
+        if watch.stopped:
+            break  # what is left stays planned for --resume
+        progress = ProgressCallback(experiment.trials, plan.max_epochs, plan.settings.metric,
+                                    plan.settings.metric_mode, describe=describe)
+        callbacks = [trial_logger, progress, watch, *plan.opts.extra_callbacks]
+        try:
+            results += list(run_experiment(plan, experiment, trainable, callbacks, watch, log))
+        except KeyboardInterrupt:
+            mark_interrupted(plan, parent, trial_logger)
+            log(f"interrupted; continue with: {plan.resume_command()}")
+            raise
+    outcome = TuneOutcome(results, time.time() - started)
+    if watch.stopped and (watch.unfinished or len(results) < plan.planned_trials):
         outcome.stop_kind, outcome.stop_reason, outcome.unfinished = watch.kind, watch.reason, set(watch.unfinished)
         mark_interrupted(plan, parent, trial_logger)
     return outcome
+
+
+def run_experiment(plan: StudyPlan, experiment: Experiment, trainable, callbacks: list, watch: StudyWatch,
+                   log: Callable[[str], None]):
+    """One Tune experiment: restored where an earlier invocation started it, else built fresh; its ResultGrid."""
+    space = trial_space(plan, experiment)
+    path = plan.path_of(experiment.name)
+    if plan.opts.resume and tune.Tuner.can_restore(path):
+        log(f"resuming {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space.param_space)
+        set_restored_callbacks(tuner, callbacks)
+    else:
+        if experiment.name != FIRST_EXPERIMENT:
+            log(f"running the {experiment.trials} added trial(s) as {path}")
+        run_config = tune.RunConfig(
+            name=experiment.name, storage_path=plan.storage_path, verbose=1 if plan.opts.verbose else 0,
+            callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=plan.settings.max_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            stop={EPOCH: plan.max_epochs} if plan.max_epochs < plan.trial0.optim.epochs else None)
+        tune_config = tune.TuneConfig(
+            search_alg=space.searcher, scheduler=asha_scheduler(plan), num_samples=space.num_samples,
+            max_concurrent_trials=plan.opts.max_concurrent or plan.settings.max_concurrent,
+            trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True)
+        tuner = tune.Tuner(trainable, param_space=space.param_space, tune_config=tune_config, run_config=run_config)
+    with graceful_sigterm(watch):
+        return tuner.fit()
 
 
 def study_watch(plan: StudyPlan, prepared: Prepared) -> StudyWatch:
@@ -129,13 +143,14 @@ def asha_scheduler(plan: StudyPlan):
                          reduction_factor=settings.asha.reduction_factor)
 
 
-def trial_space(plan: StudyPlan) -> TrialSpace:
+def trial_space(plan: StudyPlan, experiment: Experiment) -> TrialSpace:
     settings = plan.settings
     if plan.searching:
+        # Every experiment of a run shares one Optuna study: added draws learn from the earlier trials.
         searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / 'optuna.db'}", plan.max_epochs)
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
-                          settings.search.num_samples)
-    return TrialSpace({"point": tune.grid_search([p.to_config() for p in plan.points])}, None, 1)
+                          experiment.samples)
+    return TrialSpace({"point": tune.grid_search([p.to_config() for p in experiment.points])}, None, 1)
 
 
 def search_domains(study: Study) -> dict:
