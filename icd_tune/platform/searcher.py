@@ -64,7 +64,7 @@ class StudyOptunaSearch(OptunaSearch):
         if trial_id in asked and self.closed_in_optuna(trial_id):
             closed.add(trial_id)
             return
-        # A divergence result carries the last good value, which on_trial_complete replaces with the worst.
+        # A divergence result carries no value (NaN); on_trial_complete values it at the worst seen.
         if self.metric in result and trial_id not in closed and not result.get(DIVERGED):
             value = result[self.metric]
             if isinstance(value, (int, float)) and math.isfinite(value):

@@ -78,13 +78,11 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     metric = run_settings.metric
     every = int(run_settings.checkpoint_every)
-    last_value = None
     try:
         for metrics in trainer.epochs():
             # A metric that drives ASHA or a search is in every epoch's result: the study refuses
             # eval_every > 1 for it (study_checks.check_cadence), so nothing is carried forward here.
             metrics[NODE_ID] = node_id
-            last_value = metrics.get(metric, last_value)
             if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:
                 with tempfile.TemporaryDirectory() as folder:
                     trainer.save(Path(folder) / CHECKPOINT_FILE)
@@ -95,6 +93,8 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
         # Divergence is deterministic: report it as this trial's end instead of raising, which
         # would make Ray retry the same computation.
         final = {EPOCH: err.epoch, DIVERGED: 1.0, ERROR: str(err)}
-        # Tune insists on the metric in every result; NaN marks "no value" for the searcher and scheduler.
-        final[metric] = last_value if last_value is not None else float("nan")
+        # Tune insists on the metric in every result. NaN, never the last good value: ASHA would
+        # rank a diverged trial at its rung by a value its run did not keep (ASHA's cutoffs skip
+        # NaN), and the searcher values a divergence itself (searcher.tell_diverged).
+        final[metric] = float("nan")
         tune.report(final)
