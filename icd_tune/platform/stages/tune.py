@@ -19,6 +19,8 @@ from ..ray_internals import set_restored_callbacks
 from ..resources import DEFAULT_PENDING_TIMEOUT_S
 from ..searcher import make_searcher
 from ..study import Study
+from ..lineage import trial_lineage
+from ..study_record import OPTUNA_FILE
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
 from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
@@ -49,7 +51,7 @@ class TrialSpace:
 def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Callable[[str], None]) -> TuneOutcome:
     describe = plan.describer()
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
-                                       log_students=plan.settings.log_students)
+                                       log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared))
     progress = ProgressCallback(plan.planned_trials, plan.max_epochs, plan.settings.metric, plan.settings.metric_mode,
                                 describe=describe)
     watch = study_watch(plan, prepared)
@@ -132,7 +134,7 @@ def asha_scheduler(plan: StudyPlan):
 def trial_space(plan: StudyPlan) -> TrialSpace:
     settings = plan.settings
     if plan.searching:
-        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / 'optuna.db'}", plan.max_epochs)
+        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / OPTUNA_FILE}", plan.max_epochs)
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
                           settings.search.num_samples)
     return TrialSpace({"point": tune.grid_search([p.to_config() for p in plan.points])}, None, 1)
