@@ -49,15 +49,18 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
     from icd_tune.method.train import Trainer
     from icd_tune.platform.trials import trial_config
 
+    (tmp_path / "common.yaml").write_text("description: written in the file it extends\n")
     path = tiny_study("students", """
+    extends: common.yaml
     mode: grid
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
     baseline: 0.0
     seeds: [0]
     """, epochs=2)
-    study = load_study(path)
-    out = run_study(study, RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    study = load_study(path, ["optim.lr=0.05"])
+    argv = [str(path), "--set", "optim.lr=0.05"]
+    out = run_study(study, RunOptions(results_dir=str(tmp_path / "results"), command=argv), log=lambda *_: None)
     client = MlflowClient(out["tracking_uri"])
     children = [r for r in client.search_runs([out["experiment_id"]])
                 if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
@@ -73,6 +76,67 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
         trainer = Trainer(cfg, data, None if not cfg.loss.uses_teacher else create_model("resnet8", 4))
         trainer.student.load_state_dict(model.state_dict())
         assert trainer.evaluate(data.test_x, data.test_y)["acc1"] == run.data.metrics["test/acc1_at_best_val"]
+        assert_lineage(client, run, data)
+        assert_system_metrics(client, run)
+    assert_study_record(client, out["parent_run_id"], path, tmp_path / "common.yaml", argv)
+    assert_pruned(out["run_folder"], len(children))
+
+
+def assert_lineage(client, run, data):
+    """The data set as a dataset input with its split sizes and seed; the teacher as tags."""
+    import json
+
+    from icd_tune.platform.lineage import data_sha256
+
+    (dataset_input,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    profile = json.loads(dataset.profile)
+    assert dataset.name == "synthetic" and dataset.digest == data_sha256(data)[:16]
+    assert (profile["num_train"], profile["num_val"], profile["num_test"]) == (192, 48, 40)
+    assert profile["split_seed"] == 0 and profile["val_fraction"] == 0.2
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    tags = run.data.tags
+    assert tags["icd_tune.teacher.arch"] == "resnet8" and tags["icd_tune.teacher.source"] == "trained"
+    with open(tags["icd_tune.teacher.checkpoint"], "rb") as f:
+        import hashlib
+
+        assert tags["icd_tune.teacher.checkpoint_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert 0 <= float(tags["icd_tune.teacher.test_acc1"]) <= 100
+    assert tags["icd_tune.teacher.outputs"] == "live teacher"  # the cache is off for so few trial-epochs
+
+
+def assert_system_metrics(client, run):
+    """Each epoch's CPU and memory of the trial's process; no GPU figures on the CPU."""
+    for name in ("system/cpu_percent", "system/rss_mb"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+        assert all(m.value > 0 for m in history), name
+    assert not any(k.startswith("system/gpu") for k in run.data.metrics)
+
+
+def assert_study_record(client, parent_id, path, extended, argv):
+    """The study files as written and as resolved, the command line and the --set values."""
+    import yaml
+
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["icd_tune.command"] == "run_ablation.py " + " ".join(argv)
+    assert parent.data.params["set.optim.lr"] == "0.05"
+    written = sorted(a.path for a in client.list_artifacts(parent_id, "study/written"))
+    assert written == ["study/written/common.yaml", "study/written/students.yaml"]
+    local = client.download_artifacts(parent_id, "study", str(path.parent / "downloaded"))
+    assert open(f"{local}/written/students.yaml").read() == path.read_text()
+    assert open(f"{local}/written/common.yaml").read() == extended.read_text()
+    resolved = yaml.safe_load(open(f"{local}/resolved.yaml"))
+    assert resolved["description"] == "written in the file it extends" and resolved["optim"]["lr"] == 0.05
+
+
+def assert_pruned(run_folder, trials):
+    """An ended trial keeps only its latest checkpoint: the one Tune's experiment state names."""
+    folders = [p for p in (run_folder / "ray" / "tune").iterdir() if p.is_dir()]
+    trial_folders = [p for p in folders if any(p.glob("checkpoint_*"))]
+    assert len(trial_folders) == trials
+    for folder in trial_folders:
+        assert [c.name for c in folder.glob("checkpoint_*")] == ["checkpoint_000001"], folder
 
 
 def test_a_study_can_turn_student_logging_off(tiny_study):

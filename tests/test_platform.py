@@ -100,6 +100,10 @@ def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, 
     ends = [r.data.tags["icd_tune.end"] for r in client.search_runs([out["experiment_id"]])
             if "mlflow.parentRunId" in r.data.tags]
     assert sum(e.startswith("stopped early at epoch") for e in ends) == len(stopped)
+    # The parent run holds the Optuna storage as the search left it.
+    local = client.download_artifacts(out["parent_run_id"], "study/optuna.db", str(tmp_path / "downloaded"))
+    logged = optuna.load_study(study_name="search", storage=f"sqlite:///{local}")
+    assert [t.state for t in logged.trials] == states
 
 
 def test_smoke_runs_one_short_trial(tmp_path, tiny_study, ray_session):

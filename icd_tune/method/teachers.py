@@ -140,3 +140,38 @@ def get_teacher(cfg: TeacherConfig, data: DataBundle, data_cfg, device: str = "a
     meta = {"final_metrics": model.final_metrics, "recipe": to_dict(cfg)}
     save_teacher(model, path, cfg.arch, data.num_classes, meta)
     return model, {"source": "trained", "path": str(path.resolve()), "test_acc1": model.final_metrics.get("test/acc1")}
+
+
+def recorded_test_acc1(path: str | Path) -> float | None:
+    """The test accuracy a teacher file written by ``save_teacher`` recorded at the end of its training."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    final = (meta or {}).get("final_metrics") or {}
+    value = final.get("test/acc1")
+    return float(value) if value is not None else None
+
+
+@torch.no_grad()
+def measure_test_acc1(model: nn.Module, data: DataBundle, device="cpu", batch_size: int = 512) -> float:
+    """The model's top-1 accuracy (%) on the test split."""
+    from .data import Normalizer, eval_batches
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    normalizer = Normalizer(data.mean, data.std, device, channels_last=False)
+    hits = 0
+    for x, y in eval_batches(data.test_x, data.test_y, batch_size, device, normalizer):
+        hits += int((model(x).argmax(dim=1) == y).sum())
+    model.cpu()
+    return 100.0 * hits / max(1, int(data.test_y.shape[0]))
+
+
+def teacher_test_acc1(model: nn.Module, data: DataBundle, info: dict, device="cpu") -> float:
+    """The teacher's test accuracy: as its training recorded it, else measured now on the test split."""
+    if info.get("test_acc1") is not None:
+        return float(info["test_acc1"])
+    recorded = recorded_test_acc1(info["path"]) if info.get("source") == "cache" else None
+    return recorded if recorded is not None else measure_test_acc1(model, data, device)

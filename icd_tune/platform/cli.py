@@ -70,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_plan(study, out=None, on_cluster: bool = False) -> None:
-    from ..method.schema import to_dict
+    from .study import resolved_study
 
     out = out or sys.stdout
 
     settings = study.settings
-    resolved = {"name": settings.name, **study.base, **{k: v for k, v in to_dict(settings).items() if k != "name"}}
+    resolved = resolved_study(study)
     print("# resolved study", file=out)
     print(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None).rstrip(), file=out)
     print("", file=out)

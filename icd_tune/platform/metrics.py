@@ -43,6 +43,16 @@ NODE_ID = "trial/node_id"
 DIVERGED = "trial/diverged"
 ERROR = "trial/error"
 
+# Sampled by each trial once per epoch, of its own process and device (``system_metrics``).
+SYSTEM_PREFIX = "system/"
+SYSTEM_CPU_PERCENT = "system/cpu_percent"  # the trial process's CPU time over wall time; 100 = one core busy
+SYSTEM_RSS_MB = "system/rss_mb"  # the trial process's resident memory
+# Only where the trial trains on a CUDA device: the device's utilisation (needs NVML) and the memory
+# this process's CUDA allocator holds on it.
+SYSTEM_GPU_UTILIZATION = "system/gpu_utilization_percent"
+SYSTEM_GPU_MEMORY_MB = "system/gpu_memory_mb"
+SYSTEM_METRICS = (SYSTEM_CPU_PERCENT, SYSTEM_RSS_MB, SYSTEM_GPU_UTILIZATION, SYSTEM_GPU_MEMORY_MB)
+
 # Ray Tune's own result counter: the step when a result carries no epoch.
 TRAINING_ITERATION = "training_iteration"
 
@@ -97,6 +107,11 @@ def metric_direction(name: str) -> Optional[str]:
 def is_trainer_metric(name: str) -> bool:
     """True for the trainer's slash-named metrics (``epoch`` aside), false for Ray's and the trial's own."""
     return name.startswith(METRIC_PREFIXES)
+
+
+def is_logged_metric(name: str) -> bool:
+    """True for what a child run logs each epoch: the trainer's metrics and the trial's system samples."""
+    return is_trainer_metric(name) or name.startswith(SYSTEM_PREFIX)
 
 
 def result_step(result: Mapping) -> int:

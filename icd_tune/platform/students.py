@@ -45,3 +45,28 @@ def log_student(client, run_id: str, checkpoint, checkpoint_file: str, arch: str
         client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_DIR)
     client.set_tag(run_id, WEIGHTS_TAG, which)
     return which
+
+
+def prune_checkpoints(checkpoint) -> list[str]:
+    """Deletes an ended trial's checkpoints other than its latest (``checkpoint``); returns what it deleted.
+
+    While a trial runs, Tune keeps its two latest checkpoints (``CheckpointConfig(num_to_keep=2)``):
+    the older one is the spare a driver killed between registering a checkpoint and snapshotting the
+    experiment still needs. Once the trial has ended, its student is logged and Tune's snapshot
+    records it as ended, ``--resume`` never restarts it, and the latest checkpoint (the one Tune's
+    experiment state names, with the best-validation weights inside) is all that stays.
+    Works on any storage Tune writes to, through the checkpoint's own file system.
+    """
+    if checkpoint is None:
+        return []
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, latest = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    folder = latest.rsplit("/", 1)[0]
+    deleted = []
+    for entry in fs.get_file_info(FileSelector(folder)):
+        path = entry.path.rstrip("/")
+        if entry.type == FileType.Directory and entry.base_name.startswith("checkpoint_") and path != latest:
+            fs.delete_dir(path)
+            deleted.append(path)
+    return deleted

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +43,7 @@ class Study:
     space: dict[str, dict]  # dotted key -> parameter spec (search)
     source: str
     raw: dict  # the merged study data, for printing and logging
+    overrides: list[str] = field(default_factory=list)  # the --set KEY=VALUE items, as given
 
     @property
     def name(self) -> str:
@@ -107,9 +108,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         check_override_key(key)
         set_path(data, key, value)
     try:
-        return build_study(data, path)
+        study = build_study(data, path)
     except ConfigError as err:
         raise err.in_file(source)
+    study.overrides = list(overrides)
+    return study
 
 
 def build_study(data: dict, path: Path) -> Study:
@@ -311,6 +314,14 @@ def _check_asha(study: Study) -> None:
         raise ConfigError(f"bad value {asha.grace_period!r}: ASHA's grace period must be below the epoch budget "
                           f"({budget} epochs, from optim.epochs or asha.max_epochs), or no trial is ever stopped early; "
                           f"{allowed}, or set asha.enabled: false", "asha.grace_period")
+
+
+def resolved_study(study: Study) -> dict:
+    """The study after ``extends`` and ``--set``, every default filled in: what runs."""
+    from ..method.schema import to_dict
+
+    settings = to_dict(study.settings)
+    return {"name": settings.pop("name"), **study.base, **settings}
 
 
 def study_summary(study: Study) -> dict:

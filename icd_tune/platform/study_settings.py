@@ -74,6 +74,8 @@ class StudySettings:
     max_retries: int = 2
     # Log each finished trial's student weights on its MLflow run (off for huge searches).
     log_students: bool = True
+    # Each trial reports its process's CPU and memory (and its GPU's) once per epoch as system/... metrics.
+    system_metrics: bool = True
     checkpoint_every: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

@@ -67,6 +67,19 @@ def load_with_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return deep_merge(load_with_extends(parent_path, (*chain, path)), data)
 
 
+def extends_chain(path: Path) -> list[Path]:
+    """The study file and the files it extends, child first (as ``load_with_extends`` has checked them)."""
+    chain = [Path(path).resolve()]
+    while True:
+        parent_ref = read_yaml(chain[-1]).get("extends")
+        if not isinstance(parent_ref, str) or len(chain) > 64:
+            return chain
+        parent = (chain[-1].parent / parent_ref).resolve()
+        if parent in chain or not parent.is_file():
+            return chain
+        chain.append(parent)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     key = key.strip()

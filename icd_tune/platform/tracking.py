@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ray import tune
 
-from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_trainer_metric, result_step
+from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
 from .versions import git_commit, package_versions
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -57,7 +57,7 @@ def ui_command(tracking_uri: str) -> str:
 def numeric_metrics(result: dict) -> dict[str, float]:
     out = {}
     for key, value in result.items():
-        if is_trainer_metric(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_logged_metric(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(value):
                 out[key] = float(value)
     return out
@@ -142,9 +142,11 @@ class MLflowTrialCallback(tune.Callback):
     """Tune callback: a named child run per trial, metrics per epoch, how it ended."""
 
     def __init__(self, tracker: StudyTracker, describe: Callable[[dict], tuple[str, dict[str, Any]]],
-                 max_epochs: int, tags: dict[str, str], log_students: bool = True):
+                 max_epochs: int, tags: dict[str, str], log_students: bool = True, lineage=None):
         self.tracker = tracker
         self.log_students = log_students
+        self.lineage = lineage  # lineage.TrialLineage: data set input and teacher tags per new run
+        self.ended: list = []  # trials ended and logged whose older checkpoints wait for the next snapshot
         self.describe = describe  # trial config -> (display name, flat resolved params)
         self.max_epochs = max_epochs
         self.tags = tags
@@ -165,6 +167,8 @@ class MLflowTrialCallback(tune.Callback):
                 END_TAG: "running"})
             run_id = run.info.run_id
             self.tracker.log_params(run_id, params)
+            if self.lineage is not None:
+                self.lineage.log(client, run_id, trial.config)
             self.last_epoch[trial.trial_id] = 0
         else:
             client.update_run(run_id, status="RUNNING")
@@ -213,6 +217,14 @@ class MLflowTrialCallback(tune.Callback):
             self.log_student(trial, run_id)
         self.tracker.client.set_tag(run_id, END_TAG, reason)
         self.tracker.end(run_id, status)
+        self.ended.append(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        """Prunes ended trials' checkpoints once Tune's snapshot of this step has recorded them as ended."""
+        from .students import prune_checkpoints
+
+        while self.ended:
+            prune_checkpoints(self.ended.pop().checkpoint)
 
     def log_student(self, trial, run_id: str) -> None:
         from .students import log_student
@@ -246,6 +258,7 @@ class MLflowTrialCallback(tune.Callback):
             elif trial.status == "ERROR":
                 self.on_trial_error(0, trials, trial)
             # Trials still pending or running: an interruption, which mark_interrupted closes.
+        self.on_step_end(0, trials)  # the trials closed here were ended in the snapshot Tune restored
 
     def mark_interrupted(self) -> None:
         for run_id in self.runs.values():

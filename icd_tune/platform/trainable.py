@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID
+from .system_metrics import SystemSampler
 from .trials import check_checkpoint_config, point_of, trial_config
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -21,6 +22,7 @@ class TrialRunSettings:
     cpus_per_trial: float
     checkpoint_every: int
     gpus_per_trial: float = 0.0
+    system_metrics: bool = True  # each epoch's system/... samples of the trial's process and device
 
 
 @dataclass
@@ -78,11 +80,14 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     metric = run_settings.metric
     every = int(run_settings.checkpoint_every)
+    sampler = SystemSampler(trainer.device) if run_settings.system_metrics else None
     try:
         for metrics in trainer.epochs():
             # A metric that drives ASHA or a search is in every epoch's result: the study refuses
             # eval_every > 1 for it (study_checks.check_cadence), so nothing is carried forward here.
             metrics[NODE_ID] = node_id
+            if sampler is not None:
+                metrics.update(sampler.sample())
             if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:
                 with tempfile.TemporaryDirectory() as folder:
                     trainer.save(Path(folder) / CHECKPOINT_FILE)

@@ -143,7 +143,8 @@ class StudyPlan:
 
     def run_settings(self) -> TrialRunSettings:
         return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
-                                checkpoint_every=self.settings.checkpoint_every, gpus_per_trial=self.gpus)
+                                checkpoint_every=self.settings.checkpoint_every, gpus_per_trial=self.gpus,
+                                system_metrics=self.settings.system_metrics)
 
     def describer(self) -> TrialDescriber:
         return TrialDescriber(self.base, self.settings.seeds[0])

@@ -163,7 +163,8 @@ def driver_device(plan: StudyPlan) -> str:
 
 
 def load_teacher(plan: StudyPlan, data: DataBundle, log: Log) -> tuple[nn.Module, dict]:
-    from ...method.teachers import get_teacher
+    from ...method.device import resolve_device
+    from ...method.teachers import get_teacher, teacher_test_acc1
 
     trial0 = plan.trial0
     train_fn = None
@@ -173,6 +174,8 @@ def load_teacher(plan: StudyPlan, data: DataBundle, log: Log) -> tuple[nn.Module
         trial0.teacher, data, trial0.data, device=driver_device(plan), cache_dir=plan.teacher_dir,
         log=lambda m: log(m), train_fn=train_fn,
         callback=lambda m: log(f"  teacher epoch {m[EPOCH]}: {TEST_ACC1} {m.get(TEST_ACC1, float('nan')):.2f}"))
+    # Recorded by its training when it was trained or cached here; a given checkpoint is measured once.
+    info["test_acc1"] = teacher_test_acc1(teacher, data, info, device=resolve_device(driver_device(plan)))
     return teacher.cpu().eval(), info
 
 

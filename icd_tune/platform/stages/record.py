@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..metrics import DIVERGED, EPOCH, ERROR, epochs_done, is_trainer_metric
 from ..report import write_report
+from ..study_record import log_search_storage
 from ..tracking import ui_command, ui_runs_url
 from ..trials import TrialDescriber, point_of
 from .plan import StudyPlan
@@ -56,6 +57,8 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
+    if plan.searching:  # as it stands now; a resumed search logs it again when it ends
+        log_search_storage(parent.tracker.client, parent.run_id, plan.run_folder)
     if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
         close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
                            outcome.wall_seconds)

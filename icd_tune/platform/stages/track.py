@@ -14,6 +14,7 @@ from typing import Iterable
 
 from ...method.schema import flatten, to_dict
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
+from ..study_record import log_study_record
 from ..tracking import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
 from .plan import ADDITIONS_KEY, StudyPlan
 from .prepare import Prepared
@@ -38,8 +39,11 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     tags = common_tags()
     params = {f"study.{k}": v for k, v in flatten(to_dict(plan.settings)).items()}
     params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
+    previous = plan.state.get("parent_run_id")
     run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
-                                  plan.state.get("parent_run_id"))
+                                  previous)
+    if run_id != previous:  # a new parent run; a resumed one has these from its first invocation
+        log_study_record(tracker.client, run_id, plan.study, plan.opts.command, tracker.log_params)
     if plan.state.get(ADDITIONS_KEY):
         tracker.client.set_tag(run_id, ADDITIONS_TAG, json.dumps(plan.state[ADDITIONS_KEY]))
     plan.state["parent_run_id"] = run_id

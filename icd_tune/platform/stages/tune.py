@@ -20,6 +20,8 @@ from ..ray_internals import set_restored_callbacks
 from ..resources import DEFAULT_PENDING_TIMEOUT_S
 from ..searcher import make_searcher
 from ..study import Study
+from ..lineage import trial_lineage
+from ..study_record import OPTUNA_FILE
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
 from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
@@ -51,7 +53,7 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
     """Runs the plan's experiments in turn (one, unless --resume added trials) and gathers their results."""
     describe = plan.describer()
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
-                                       log_students=plan.settings.log_students)
+                                       log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared))
     watch = study_watch(plan, prepared)
     snapshot_every_step()
     trainable = tune.with_resources(
@@ -147,7 +149,7 @@ def trial_space(plan: StudyPlan, experiment: Experiment) -> TrialSpace:
     settings = plan.settings
     if plan.searching:
         # Every experiment of a run shares one Optuna study: added draws learn from the earlier trials.
-        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / 'optuna.db'}", plan.max_epochs)
+        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / OPTUNA_FILE}", plan.max_epochs)
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
                           experiment.samples)
     return TrialSpace({"point": tune.grid_search([p.to_config() for p in experiment.points])}, None, 1)

@@ -1,0 +1,119 @@
+"""What each child run was trained from: the data set as an MLflow dataset input, the teacher as tags.
+
+Computed once on the driver, before any trial starts, from what the prepare stage
+loaded (the data splits, the teacher and where it came from); the driver logs it
+when it creates a trial's run. Two runs that differ only in their data content or
+in their teacher's file then differ in the comparison view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .trials import point_of, trial_config
+
+if TYPE_CHECKING:
+    from ..method.data import DataBundle
+
+DATASET_CONTEXT = "training"
+TEACHER_ARCH_TAG = "icd_tune.teacher.arch"
+TEACHER_SOURCE_TAG = "icd_tune.teacher.source"  # checkpoint, cache (trained earlier) or trained
+TEACHER_CHECKPOINT_TAG = "icd_tune.teacher.checkpoint"
+TEACHER_SHA256_TAG = "icd_tune.teacher.checkpoint_sha256"
+TEACHER_ACC1_TAG = "icd_tune.teacher.test_acc1"
+TEACHER_OUTPUTS_TAG = "icd_tune.teacher.outputs"
+EXACT_CACHE, LIVE_TEACHER, NO_TEACHER = "exact cache", "live teacher", "not used"
+
+
+def data_sha256(data: DataBundle) -> str:
+    """sha256 over every split's images and labels, in split order: the data's content, not its recipe."""
+    digest = hashlib.sha256()
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        tensor = getattr(data, name).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_properties(data: DataBundle, data_cfg) -> dict[str, Any]:
+    """The dataset input's profile: split sizes, how validation was split off, the full content hash."""
+    return {"num_train": int(data.train_x.shape[0]), "num_val": int(data.val_x.shape[0]),
+            "num_test": int(data.test_x.shape[0]), "num_classes": int(data.num_classes),
+            "val_fraction": data_cfg.val_fraction, "split_seed": data_cfg.split_seed, "sha256": data_sha256(data)}
+
+
+def dataset_input(data: DataBundle, data_cfg):
+    """An MLflow ``DatasetInput``: name, digest of the content, the properties above as its profile."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from ..method.schema import to_dict
+
+    profile = dataset_properties(data, data_cfg)
+    recipe = {k: v for k, v in to_dict(data_cfg).items() if k != "root"}  # the root is this machine's
+    meta = MetaDataset(CodeDatasetSource({"loader": "icd_tune.method.data.load_data", "config": json.dumps(recipe)}),
+                       name=data.name, digest=profile["sha256"][:16])
+    entity = Dataset(**{**meta.to_dict(), "profile": json.dumps(profile)})
+    return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])
+
+
+def teacher_tags(teacher_cfg, info: dict) -> dict[str, str]:
+    """Architecture, where the weights came from, the file and its sha256, the teacher's test accuracy."""
+    tags = {TEACHER_ARCH_TAG: teacher_cfg.arch, TEACHER_SOURCE_TAG: str(info.get("source", "none"))}
+    path = info.get("path")
+    if path:
+        tags[TEACHER_CHECKPOINT_TAG] = str(path)
+        if Path(path).is_file():  # on a cluster a checkpoint path may name a file only the workers see
+            tags[TEACHER_SHA256_TAG] = file_sha256(path)
+    if info.get("test_acc1") is not None:
+        tags[TEACHER_ACC1_TAG] = f"{float(info['test_acc1']):.4f}"
+    return tags
+
+
+@dataclass
+class TrialLineage:
+    """Per trial config: the tags and dataset inputs its run gets (built once; called per trial)."""
+
+    base: dict  # plain trial defaults, as the describer has them
+    default_seed: int
+    datasets: list = field(default_factory=list)
+    teacher: dict[str, str] = field(default_factory=dict)  # empty when no trial uses a teacher
+    exact_cache: bool = False  # trials read the teacher's outputs from the exact cache
+
+    def tags(self, config: dict) -> dict[str, str]:
+        point = point_of(config, self.default_seed)
+        uses_teacher = trial_config(self.base, point.overrides, point.seed).loss.uses_teacher
+        if not uses_teacher or not self.teacher:
+            return {TEACHER_OUTPUTS_TAG: NO_TEACHER}
+        return {**self.teacher, TEACHER_OUTPUTS_TAG: EXACT_CACHE if self.exact_cache else LIVE_TEACHER}
+
+    def log(self, client, run_id: str, config: dict) -> None:
+        from mlflow.entities import RunTag
+
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags(config).items()])
+        if self.datasets:
+            client.log_inputs(run_id, datasets=self.datasets)
+
+
+def trial_lineage(plan, prepared) -> TrialLineage:
+    """From the plan and what the prepare stage loaded (``stages.plan.StudyPlan``, ``stages.prepare.Prepared``)."""
+    trial0 = plan.trial0
+    lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)],
+                           exact_cache=prepared.output_cache is not None)
+    if prepared.teacher is not None:
+        lineage.teacher = teacher_tags(trial0.teacher, prepared.teacher_info)
+    return lineage
