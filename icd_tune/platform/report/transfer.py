@@ -7,6 +7,7 @@ completed trials' seeds) or, without factors, per trial. Nothing is selected on 
 
 from __future__ import annotations
 
+import textwrap
 from typing import Iterable, Mapping, Sequence
 
 from ..metrics import TRANSFER_PREFIX
@@ -43,7 +44,7 @@ def transfer_section(trials: Sequence[Mapping], factors: Sequence[str], table) -
     if not names:
         return []
     done = [t for t in trials if t.get("status") == COMPLETED]
-    lines = ["## Transfer linear probe", "", EXPLAIN, ""]
+    lines = ["## Transfer linear probe", "", *textwrap.wrap(EXPLAIN, 100), ""]
     for factor in factors:
         groups, _ = _group_by_level(done, factor)
         body = [[_fmt_value(level), str(len(group)), *(_cell(_values(group, n)) for n in names)]
