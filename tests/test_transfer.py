@@ -39,7 +39,7 @@ def _normalizer():
 def test_probe_learns_separable_synthetic_data():
     target = _target()
     assert target.num_classes == 4 and target.train_x.shape == (200, 3, 32, 32) and target.test_x.shape[0] == 80
-    cfg = TransferConfig(datasets=["synthetic"], epochs=12, batch_size=50, augment=False, features="cached")
+    cfg = TransferConfig(datasets=["synthetic"], epochs=10, batch_size=25, lr=0.2, augment=False, features="cached")
     trained = linear_probe(_student(), target, cfg, _normalizer(), CPU, seed=0, dim=feature_dim("resnet8"))
     assert trained.features == "cached"
     assert trained.acc1 >= 70.0, trained  # chance is 25%
@@ -57,6 +57,19 @@ def test_live_and_cached_features_train_the_same_probe():
                for mode in ("live", "cached")]
     assert [r.features for r in results] == ["live", "cached"]
     assert abs(results[0].acc1 - results[1].acc1) <= 100.0 / 80 + 1e-9  # at most one test image apart (float order)
+
+
+def test_auto_caches_features_when_the_bank_costs_fewer_epochs_than_the_probe_runs():
+    from icd_tune.method.transfer import feature_mode
+
+    recipe = TransferConfig(datasets=["stl10"])  # 120 augmented epochs, 8 GiB
+    assert feature_mode(recipe, 5000, 128) == "cached"  # STL-10, wrn_16_2: 0.19 GiB
+    assert feature_mode(recipe, 100000, 128) == "cached"  # Tiny-ImageNet: 3.9 GiB
+    assert feature_mode(TransferConfig(datasets=["stl10"], cache_memory_budget_gb=2.0), 100000, 128) == "live"
+    assert feature_mode(TransferConfig(datasets=["stl10"], epochs=30), 5000, 128) == "live"  # 162 x 0.56 > 30
+    assert feature_mode(TransferConfig(datasets=["stl10"], epochs=2, augment=False), 5000, 128) == "cached"
+    assert feature_mode(TransferConfig(datasets=["stl10"], max_steps_per_epoch=3), 5000, 128) == "live"
+    assert feature_mode(TransferConfig(datasets=["stl10"], epochs=500, features="live"), 5000, 128) == "live"
 
 
 def test_feature_bank_holds_each_variants_features():

@@ -7,8 +7,8 @@ through ``TrainStream``) and scored on the target's test split: ``transfer/<data
 The student is frozen and in eval mode (batch-norm running statistics), so its features depend
 only on (image, augmentation variant). They are either computed per batch (``live``: one
 forward pass per image and epoch) or once per image and variant (``cached``: 162 passes per
-image with augmentation, 1 without, then table lookups); ``auto`` takes the one with fewer
-passes that fits ``cache_memory_budget_gb``. Both read the same stream of (index, variant)
+image with augmentation, 1 without, then table lookups); ``auto`` caches when the bank costs
+fewer live epochs than the probe runs (``BANK_PASS_COST``) and fits ``cache_memory_budget_gb``. Both read the same stream of (index, variant)
 batches, so they train the same probe.
 """
 
@@ -29,6 +29,9 @@ from .transfer_data import TargetSet, load_target
 TRANSFER_PREFIX = "transfer/"
 # Offsets the probe's random streams from the trial's own (data order, negatives).
 PROBE_SEED_OFFSET = 2_000_003
+# A bank pass (batches of 512) per image-variant costs about this share of a live probe step per
+# image (batch 64): 0.56x measured on the CPU by bench/transfer_features.py (docs/benchmarks.md).
+BANK_PASS_COST = 0.56
 
 
 def transfer_metric(dataset: str) -> str:
@@ -77,8 +80,8 @@ def feature_mode(cfg: TransferConfig, num_images: int, dim: int) -> str:
         return cfg.features
     fits = bank_bytes(num_images, dim, cfg.augment) <= cfg.cache_memory_budget_gb * 2**30
     steps_cap = cfg.max_steps_per_epoch is not None  # a capped probe sees few images: building the bank would not pay
-    passes_cached = NUM_VARIANTS if cfg.augment else 1
-    return "cached" if fits and not steps_cap and passes_cached <= cfg.epochs else "live"
+    bank_cost = (NUM_VARIANTS if cfg.augment else 1) * BANK_PASS_COST  # in live epochs
+    return "cached" if fits and not steps_cap and bank_cost <= cfg.epochs else "live"
 
 
 @torch.no_grad()

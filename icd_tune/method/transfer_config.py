@@ -39,7 +39,7 @@ class TransferConfig:
     # Frozen-student features: computed per batch (live), or once per image and augmentation
     # variant (cached: 162 forward passes per image, then lookups); auto picks by epochs and memory.
     features: Literal["live", "cached", "auto"] = "auto"
-    cache_memory_budget_gb: float = 4.0
+    cache_memory_budget_gb: float = 8.0
     # Cap on the probe's optimizer steps per epoch (smoke runs, tests); None runs full epochs.
     max_steps_per_epoch: Optional[int] = None
 
