@@ -66,7 +66,7 @@ def test_auto_caches_features_when_the_bank_costs_fewer_epochs_than_the_probe_ru
     assert feature_mode(recipe, 5000, 128) == "cached"  # STL-10, wrn_16_2: 0.19 GiB
     assert feature_mode(recipe, 100000, 128) == "cached"  # Tiny-ImageNet: 3.9 GiB
     assert feature_mode(TransferConfig(datasets=["stl10"], cache_memory_budget_gb=2.0), 100000, 128) == "live"
-    assert feature_mode(TransferConfig(datasets=["stl10"], epochs=30), 5000, 128) == "live"  # 162 x 0.56 > 30
+    assert feature_mode(TransferConfig(datasets=["stl10"], epochs=100), 5000, 128) == "live"  # 162 x 0.7 > 100
     assert feature_mode(TransferConfig(datasets=["stl10"], epochs=2, augment=False), 5000, 128) == "cached"
     assert feature_mode(TransferConfig(datasets=["stl10"], max_steps_per_epoch=3), 5000, 128) == "live"
     assert feature_mode(TransferConfig(datasets=["stl10"], epochs=500, features="live"), 5000, 128) == "live"
