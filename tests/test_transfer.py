@@ -172,12 +172,22 @@ grid:
     ("transfer: {datasets: [imagenet]}\n", "transfer.datasets"),
     ("transfer: {datasets: [digits], weight_decay: -1}\n", "weight_decay"),
     ("transfer: {datasets: [digits]}\nmetric: transfer/digits/acc1\n", "nothing may select on them"),
+    ("transfer: {datasets: [digits]}\nreport_metric: transfer/stl10/acc1\n", "targets are digits"),
+    ("report_metric: transfer/digits/acc1\n", "it has no transfer: block"),
 ])
 def test_the_command_refuses_a_bad_transfer_block_with_exit_2(tmp_path, capsys, extra, pattern):
     path = tmp_path / "refused.yaml"
     path.write_text(textwrap.dedent(STUDY) + extra)
     assert main([str(path), "--dry-run"]) == 2
     assert pattern in capsys.readouterr().err
+
+
+def test_a_transfer_accuracy_may_be_the_reported_metric(tmp_path):
+    from icd_tune.platform.study import load_study
+
+    path = tmp_path / "reported.yaml"
+    path.write_text(textwrap.dedent(STUDY) + "transfer: {datasets: [digits]}\nreport_metric: transfer/digits/acc1\n")
+    assert load_study(path).settings.report_metric == "transfer/digits/acc1"
 
 
 def test_a_missing_target_refuses_the_run_with_exit_2_before_any_trial(tmp_path, capsys):
