@@ -215,3 +215,18 @@ def test_report_shows_transfer_accuracy_per_level():
     assert "## Transfer linear probe" in text and "transfer/stl10/acc1" in text
     assert "61.00 +- 1.41 (n=2)" in text and "71.00 +- 1.41 (n=2)" in text
     assert "Transfer linear probe" not in render_report("t", [{**t, "final": {"val/acc1": 1.0}} for t in trials], ["w"])
+
+
+def test_smoke_caps_the_probe_and_stands_synthetic_in_for_missing_targets(tmp_path):
+    from icd_tune.platform.smoke import smoke_setup
+    from icd_tune.platform.study import load_study
+
+    path = tmp_path / "smoke.yaml"
+    path.write_text(textwrap.dedent(STUDY) + f"transfer: {{datasets: [stl10, digits], root: {tmp_path / 'none'}}}\n"
+                    "smoke: {epochs: 1, max_steps: 2}\n")
+    study = load_study(path)
+    setup = smoke_setup(dict(study.base), study.settings, study.first_point(), 1, 0, local=True)
+    transfer = setup.base["transfer"]
+    assert transfer["datasets"] == ["digits", "synthetic"]
+    assert transfer["epochs"] == 1 and transfer["max_steps_per_epoch"] == 2
+    assert any("stl10" in note and "synthetic" in note for note in setup.notes)
