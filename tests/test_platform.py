@@ -32,6 +32,7 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
     baseline: 0.0
     seeds: [0, 1]
+    transfer: {datasets: [synthetic], epochs: 2, batch_size: 32, max_steps_per_epoch: 3}
     """)
     out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
     client = mlflow_client(out["tracking_uri"])
@@ -55,6 +56,10 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")]
         assert steps == [1, 2]
         assert len(client.get_metric_history(run.info.run_id, "train/loss_invariance")) == 2
+        # The transfer probe ran once, after the last epoch, and is logged at that step.
+        probe = client.get_metric_history(run.info.run_id, "transfer/synthetic/acc1")
+        assert [m.step for m in probe] == [2] and 0.0 <= probe[0].value <= 100.0
+        assert run.data.params["transfer.epochs"] == "2"
     parent = client.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert "best/val/acc1" in parent.data.metrics
@@ -62,9 +67,14 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
     assert {"report.txt", "trials.parquet", "history.parquet", "learning_curves.png",
             "factor_invariance_weight.png"} <= artifacts
     folder = out["run_folder"]
-    assert pq.read_table(folder / "trials.parquet").num_rows == 4
+    trials = pq.read_table(folder / "trials.parquet").to_pydict()
+    assert len(trials["trial_id"]) == 4
+    probed = {t["trial_id"]: t["final"]["transfer/synthetic/acc1"] for t in out["trials"]}
+    assert dict(zip(trials["trial_id"], trials["final.transfer/synthetic/acc1"])) == probed
     assert pq.read_table(folder / "history.parquet").num_rows == 8
     assert "diff vs 0" in out["report"]
+    section = out["report"].split("## Transfer linear probe")[1].split("## ")[0]
+    assert "transfer/synthetic/acc1" in section and section.count("(n=2)") == 2
 
 
 def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from .schema import ConfigError, from_dict, join_path, require, to_dict
+from .transfer_config import TransferConfig
 
 DATASETS = ("cifar100", "digits", "synthetic")
 
@@ -152,6 +153,8 @@ class TrialConfig:
     compile: bool = False
     # How often (in epochs) val/test accuracy is measured; the last epoch always is.
     eval_every: int = 1
+    # A linear probe of the finished student on other datasets (transfer_config.py); None: none.
+    transfer: Optional[TransferConfig] = None
 
     def validate(self, path: str) -> None:
         from .distillers import method_names
@@ -179,5 +182,6 @@ __all__ = [
     "NegativesConfig",
     "OptimConfig",
     "TeacherConfig",
+    "TransferConfig",
     "TrialConfig",
 ]

@@ -135,6 +135,16 @@ class TrainStream:
         return self.images.shape[0] // self.batch_size
 
     def epoch(self, max_steps: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        for index, variant in self.epoch_indices(max_steps):
+            raw = self.images[index]
+            if self.augment_images:
+                raw = augment(raw, variant)
+            else:
+                variant = torch.full_like(variant, encode_variant(PAD, PAD, 0))
+            yield self.normalizer(raw), self.labels[index], index, variant
+
+    def epoch_indices(self, max_steps: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's ``(index, variant)`` batches alone, for consumers of precomputed features."""
         n = self.images.shape[0]
         # Draw the whole epoch's randomness up front, so the stream's state after an
         # epoch does not depend on how many of its steps were taken.
@@ -143,13 +153,7 @@ class TrainStream:
         steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
         for step in range(steps):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            variant = variants_all[index]
-            raw = self.images[index]
-            if self.augment_images:
-                raw = augment(raw, variant)
-            else:
-                variant = torch.full_like(variant, encode_variant(PAD, PAD, 0))
-            yield self.normalizer(raw), self.labels[index], index, variant
+            yield index, variants_all[index]
 
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device, normalizer: Normalizer):

@@ -89,6 +89,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        blocks = [o for o in options if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and len(blocks) == 1:
+            return coerce(value, blocks[0], path)  # a mapping is meant as the block: its own errors say more
         errors = []
         for option in options:
             if option is type(None):

@@ -35,8 +35,12 @@ TEST_ACC5_AT_BEST_VAL = "test/acc5_at_best_val"
 # The ICD distiller's loss terms; each is reported unweighted as train/loss_<term>.
 ICD_LOSS_TERMS = ("ce", "kd", "contrastive", "invariance")
 
+# The transfer linear probe's test accuracy on each target of a trial's ``transfer:`` block
+# (icd_tune.method.transfer), in the trial's last report only.
+TRANSFER_PREFIX = "transfer/"
+
 # Every trainer metric except ``epoch`` starts with one of these.
-METRIC_PREFIXES = ("train/", "val/", "test/", "time/")
+METRIC_PREFIXES = ("train/", "val/", "test/", "time/", TRANSFER_PREFIX)
 
 # Added to a trial's results by the Tune trainable.
 NODE_ID = "trial/node_id"
@@ -91,6 +95,15 @@ def trial_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
     return tuple(name for name in trainer_metrics(get_method(cfg.method).loss_terms(cfg.loss))
                  if (has_head or name != TRAIN_LOGIT_SCALE)
                  and (has_val or not (name.startswith("val/") or name in NEEDS_VALIDATION)))
+
+
+def transfer_metric(dataset: str) -> str:
+    return f"{TRANSFER_PREFIX}{dataset}/acc1"
+
+
+def transfer_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
+    """What a trial's probe reports after its last epoch: one accuracy per target set; () without ``transfer:``."""
+    return tuple(transfer_metric(d) for d in cfg.transfer.datasets) if cfg.transfer is not None else ()
 
 
 def metric_direction(name: str) -> Optional[str]:

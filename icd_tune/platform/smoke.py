@@ -9,6 +9,7 @@ teacher. Each substitution is listed in ``SmokeSetup.notes`` for the log.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -57,8 +58,11 @@ def capped_base(base: dict, settings: StudySettings) -> dict:
     smoke = settings.smoke
     teacher_optim = {**base["teacher"]["optim"], "epochs": smoke.teacher_epochs}
     teacher = {**base["teacher"], "optim": teacher_optim, "max_steps_per_epoch": smoke.max_steps}
-    return {**base, "optim": {**base["optim"], "epochs": smoke.epochs}, "max_steps_per_epoch": smoke.max_steps,
-            "teacher": teacher}
+    capped = {**base, "optim": {**base["optim"], "epochs": smoke.epochs}, "max_steps_per_epoch": smoke.max_steps,
+              "teacher": teacher}
+    if base.get("transfer"):
+        capped["transfer"] = {**base["transfer"], "epochs": smoke.epochs, "max_steps_per_epoch": smoke.max_steps}
+    return capped
 
 
 def smoke_setup(base: dict, settings: StudySettings, point: TrialPoint, cpus: float, gpus: float,
@@ -69,6 +73,7 @@ def smoke_setup(base: dict, settings: StudySettings, point: TrialPoint, cpus: fl
         fit_local_machine(setup)
     substitute_data(setup, settings)
     substitute_teacher(setup)
+    substitute_transfer(setup)
     cap_negatives(setup)
     return setup
 
@@ -120,3 +125,20 @@ def cap_negatives(setup: SmokeSetup) -> None:
                                  {**setup.point.overrides, "loss.negatives.count": allowed})
         setup.notes.append(f"smoke: negatives.count {cfg.loss.negatives.count} is more than the smoke data allows: "
                            f"using {allowed}")
+
+
+def substitute_transfer(setup: SmokeSetup) -> None:
+    """Transfer targets not on this machine become ``synthetic`` (a smoke run downloads nothing)."""
+    from ..method.transfer_data import missing_target
+
+    cfg = trial_config(setup.base, setup.point.overrides, setup.point.seed)
+    if cfg.transfer is None:
+        return
+    offline = dataclasses.replace(cfg.transfer, download=False)
+    missing = [name for name in cfg.transfer.datasets if missing_target(name, offline, cfg.data)]
+    if not missing:
+        return
+    kept = [name for name in cfg.transfer.datasets if name not in missing]
+    setup.base["transfer"] = {**setup.base["transfer"], "datasets": kept + ([] if "synthetic" in kept else ["synthetic"])}
+    setup.notes.append(f"smoke: transfer target(s) {', '.join(missing)} not on this machine (and a smoke run "
+                       f"downloads nothing): probing synthetic data instead")

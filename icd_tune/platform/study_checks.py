@@ -16,8 +16,8 @@ from typing import Sequence
 from ..method.config import TrialConfig
 from ..method.data import val_size
 from ..method.schema import ConfigError, suggest
-from .metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, TRAIN_LOGIT_SCALE, TRAIN_LOSS, metric_direction,
-                      trainer_metrics, trial_metrics)
+from .metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, TRAIN_LOGIT_SCALE, TRAIN_LOSS, TRANSFER_PREFIX,
+                      metric_direction, trainer_metrics, transfer_metrics, trial_metrics)
 from .study_settings import StudySettings
 
 # (display name, resolved config) of every trial a grid plans, or of corners of a search space.
@@ -59,9 +59,9 @@ def check_trials(settings: StudySettings, trials: Trials) -> None:
 def check_metric_name(settings: StudySettings, trials: Trials) -> None:
     """The selection metric is a quality or cost the trainer reports, optimised in its own direction."""
     known = list(trainer_metrics())
-    known += sorted({m for _, cfg in trials for m in trial_metrics(cfg)} - set(known))
+    known += sorted({m for _, cfg in trials for m in trial_metrics(cfg) + transfer_metrics(cfg)} - set(known))
     metric = settings.metric
-    selectable = [m for m in known if metric_direction(m) and not m.startswith("test/")]
+    selectable = [m for m in known if metric_direction(m) and not m.startswith(("test/", TRANSFER_PREFIX))]
     if metric not in known:
         raise ConfigError(f"bad value {metric!r}: not a metric the trainer reports{suggest_metric(metric, selectable)}",
                           "metric")
@@ -75,7 +75,7 @@ def check_metric_name(settings: StudySettings, trials: Trials) -> None:
                           f"{direction}imised; set metric_mode: {direction}", "metric_mode")
     report = settings.report_metric
     reportable = [m for m in known if m != EPOCH]
-    if report not in reportable:
+    if report not in reportable and not report.startswith(TRANSFER_PREFIX):  # check_reported says which targets
         raise ConfigError(f"bad value {report!r}: not a metric the trainer reports{suggest_metric(report, reportable)}",
                           "report_metric")
 
@@ -90,9 +90,12 @@ def suggest_metric(name: str, allowed: Sequence[str]) -> str:
 
 def check_reported(metric: str, key: str, trial: str, cfg: TrialConfig) -> None:
     """``metric`` is among what the trial reports; otherwise say which setting of the trial leaves it out."""
-    if metric in trial_metrics(cfg):
+    if metric in trial_metrics(cfg) or metric in transfer_metrics(cfg):
         return
     prefix = f"bad value {metric!r}: trial '{trial}' does not report it"
+    if metric.startswith(TRANSFER_PREFIX):
+        probed = ", ".join(cfg.transfer.datasets) if cfg.transfer is not None else "none: it has no transfer: block"
+        raise ConfigError(f"{prefix}: its transfer probe's targets are {probed}", key)
     if metric.startswith("val/") or metric in NEEDS_VALIDATION:
         raise ConfigError(f"{prefix}: it has no validation split (data.val_fraction {cfg.data.val_fraction} holds "
                           f"out {val_size(cfg.data)} training images); set data.val_fraction > 0, e.g. 0.1, since "

@@ -90,6 +90,10 @@ class StudySettings:
         require(not self.metric.startswith("test/"),
                 f"bad value {self.metric!r}: search, ASHA and the report select on this metric, and selection never "
                 f"touches the test set; use a validation metric such as {VAL_ACC1}", join_path(path, "metric"))
+        require(not self.metric.startswith("transfer/"),
+                f"bad value {self.metric!r}: transfer accuracies are measured on each target's test split after the "
+                f"last epoch, so nothing may select on them; they are reported beside the study's metric",
+                join_path(path, "metric"))
         require(len(self.seeds) >= 1, "bad value []: expected at least one seed", join_path(path, "seeds"))
         require(len(set(self.seeds)) == len(self.seeds), f"bad value {self.seeds!r}: seeds repeat", join_path(path, "seeds"))
         require(self.max_retries >= 0, f"bad value {self.max_retries!r}: expected >= 0", join_path(path, "max_retries"))

@@ -86,6 +86,11 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
             # A metric that drives ASHA or a search is in every epoch's result: the study refuses
             # eval_every > 1 for it (study_checks.check_cadence), so nothing is carried forward here.
             metrics[NODE_ID] = node_id
+            if trainer.epoch == trainer.cfg.optim.epochs and trainer.cfg.transfer is not None:
+                # The probe's accuracies join the last epoch's result, so Tune, MLflow and the report see them.
+                from ..method.transfer import run_transfer
+
+                metrics.update(run_transfer(trainer, log=print))
             if sampler is not None:
                 metrics.update(sampler.sample())
             if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg.optim.epochs:

@@ -16,7 +16,8 @@ from ..method.schema import flatten
 
 # Where a trial runs and finds its inputs, not what it computes: free to change between a
 # run and its --resume (--gpus-per-trial turns device auto into cpu, --data-dir sets data.root).
-PLACEMENT_KEYS = frozenset({"device", "data.root", "data.download", "teacher.cache_dir"})
+PLACEMENT_KEYS = frozenset({"device", "data.root", "data.download", "teacher.cache_dir", "transfer.root",
+                            "transfer.download"})
 
 # Dotted key -> value, applied in order (a list keeps repeated keys of a command line).
 Overrides = Union[Mapping[str, Any], Iterable[tuple[str, Any]]]
@@ -100,9 +101,14 @@ class TrialDescriber:
         return point.name, params
 
 
+# Optional blocks whose null is the same trial as their absence (configs written before they existed).
+OPTIONAL_BLOCKS = frozenset({"transfer"})
+
+
 def definition(config: Mapping) -> dict[str, Any]:
     """A plain trial config as flat dotted keys, placement left out: what two runs must share to be one trial."""
-    return {k: v for k, v in flatten(dict(config)).items() if k not in PLACEMENT_KEYS}
+    return {k: v for k, v in flatten(dict(config)).items()
+            if k not in PLACEMENT_KEYS and not (k in OPTIONAL_BLOCKS and v is None)}
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

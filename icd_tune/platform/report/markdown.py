@@ -26,6 +26,8 @@ from .stats import (
     selection_label,
 )
 
+from .transfer import transfer_section
+
 _AT_BEST_VAL = "_at_best_val"
 
 
@@ -326,6 +328,7 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
         lines += _factor_section(trials, factor, _baseline_for(baseline, factor),
                                  metric, selection_metric, mode)
 
+    lines += transfer_section(trials, factors, _md_table)
     lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)
     lines += _stopped_section(trials, selection_metric)
     lines += _unfinished_section(trials, selection_metric)

@@ -67,6 +67,10 @@ def check_inputs(plan: StudyPlan) -> DataBundle:
     if trial0.teacher.checkpoint:
         load_teacher_checkpoint(trial0.teacher.checkpoint, trial0.teacher.arch, num_classes(trial0.data))
     data = load_data(trial0.data)  # a missing dataset fails here, before anything is written
+    if trial0.transfer is not None:
+        from ...method.transfer_data import prepare_targets
+
+        prepare_targets(trial0.transfer, trial0.data)  # a missing target too; STL-10 is downloaded once, here
     check_folder_writable(plan.run_folder, "results folder")
     check_tracking_store(plan.tracking_uri)
     check_free_space(plan.run_folder, max(int(plan.settings.min_free_gb * 2**30),
