@@ -12,6 +12,7 @@ closed, replayed results for closed trials skipped.
 from __future__ import annotations
 
 import math
+import warnings
 from importlib import metadata
 
 import optuna
@@ -40,6 +41,10 @@ class StudyOptunaSearch(OptunaSearch):
             # Recorded with the study: TPE's defaults change between Optuna releases.
             study.set_user_attr("optuna_version", optuna.__version__)
             study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
+            # The dashboard names the objective by this instead of "Objective 0".
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric])
         return created
 
     def restore(self, checkpoint_path):

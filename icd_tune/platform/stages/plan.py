@@ -23,6 +23,7 @@ from ..trainable import TrialRunSettings
 from ..trials import TrialDescriber, TrialPoint, trial_config
 
 STATE_FILE = "study_state.json"
+OPTUNA_DB = "optuna.db"  # a search's Optuna storage, in the run folder
 
 
 @dataclass
@@ -91,6 +92,11 @@ class StudyPlan:
     @property
     def searching(self) -> bool:
         return self.settings.mode == "search" and not self.opts.smoke
+
+    @property
+    def optuna_storage_url(self) -> str:
+        """The search's Optuna study lives beside its report: ``optuna.db`` in the run folder."""
+        return f"sqlite:///{self.run_folder / OPTUNA_DB}"
 
     @property
     def experiment_name(self) -> str:

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..metrics import DIVERGED, EPOCH, ERROR, epochs_done, is_trainer_metric
 from ..report import write_report
+from ..links import COMPARE_URL_TAG, compare_link, optuna_dashboard_command
 from ..tracking import ui_command, ui_runs_url
 from ..trials import TrialDescriber, point_of
 from .plan import StudyPlan
@@ -65,11 +66,24 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     log(f"results: {plan.run_folder}")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
-    log(f"compare the trials:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
+    log(f"runs table:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
+    log_links(plan, parent, log)
     return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
                        experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
                        wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
                        stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
+
+
+def log_links(plan: StudyPlan, parent: ParentRun, log: Callable[[str], None]) -> None:
+    """The compare view of this invocation's trial runs (also a tag on the parent run); for a search, the dashboard."""
+    client = parent.tracker.client
+    url, what = compare_link(client, plan.tracking_uri, parent.experiment_id, parent.run_id, plan.settings.metric,
+                             plan.settings.metric_mode)
+    if url:
+        client.set_tag(parent.run_id, COMPARE_URL_TAG, url)
+        log(f"compare the trials ({what}):  {url}")
+    if plan.searching:
+        log(f"Optuna dashboard:  {optuna_dashboard_command(plan.optuna_storage_url)}")
 
 
 def trial_records(result_grid, describe: TrialDescriber, max_epochs: int,

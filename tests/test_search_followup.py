@@ -1,0 +1,101 @@
+"""A finished tiny search: its compare link in a real browser, and a follow-up search warm-started from it."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from icd_tune.platform.runner import RunOptions, run_study
+from icd_tune.platform.study import load_study
+
+pytestmark = pytest.mark.slow
+
+SEARCH = """
+mode: search
+search:
+  space:
+    loss.invariance_weight: {type: uniform, low: 0.0, high: 2.0}
+    optim.lr: {type: loguniform, low: 0.001, high: 0.2}
+  num_samples: 4
+  seed: 1
+asha: {enabled: true, grace_period: 1, reduction_factor: 2}
+max_concurrent: 2
+seeds: [0]
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, ray_session):
+    from conftest import TINY_STUDY
+
+    import textwrap
+
+    work = tmp_path_factory.mktemp("followup")
+    path = work / "first.yaml"
+    path.write_text(textwrap.dedent(TINY_STUDY.format(name="first", epochs=2, steps=1)) + textwrap.dedent(SEARCH))
+    lines = []
+    out = run_study(load_study(path), RunOptions(results_dir=str(work / "results")), log=lines.append)
+    return work, out, lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+def rendered_page(url: str) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts (MLflow's UI is a single-page app)."""
+    done = subprocess.run(["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
+                           "--virtual-time-budget=15000", url], capture_output=True, text=True, timeout=180)
+    return done.stdout
+
+
+def test_printed_compare_link_shows_every_trial_in_a_browser(finished_search):
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+    work, out, lines = finished_search
+    printed = [ln for ln in lines if ln.startswith("compare the trials")]
+    assert printed and "all 4 trial runs" in printed[0]
+    url = printed[0].split(":  ", 1)[1]
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    assert any(ln.startswith("runs table:") for ln in lines)
+    dashboard = [ln for ln in lines if ln.startswith("Optuna dashboard:")]
+    assert dashboard and f"sqlite:///{out['run_folder'] / 'optuna.db'}" in dashboard[0]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(out["tracking_uri"])
+    assert client.get_run(out["parent_run_id"]).data.tags["icd_tune.compare_url"] == url
+    names = [t["name"] for t in out["trials"]]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", out["tracking_uri"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": out["tracking_uri"]})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", 120)
+        page = rendered_page(url.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"))
+        assert "Compare" in page, page[:2000]
+        missing = [n for n in names if n not in page]
+        assert not missing, f"trial runs not on the compare page: {missing}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
