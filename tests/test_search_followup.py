@@ -83,7 +83,18 @@ def test_printed_compare_link_shows_every_trial_in_a_browser(finished_search):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(out["tracking_uri"])
-    assert client.get_run(out["parent_run_id"]).data.tags["icd_tune.compare_url"] == url
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["icd_tune.compare_url"] == url
+    # Importance covers the search's two keys, over the trials ASHA let finish (or says why not).
+    assert "Factor importance on val/acc1 (max)" in out["report"]
+    assert "importance.json" in {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    shares = {k for k in parent.data.metrics if k.startswith("importance/")}
+    assert shares == {f"importance/{e}/{k}" for e in ("fanova", "pedanova")
+                      for k in ("loss.invariance_weight", "optim.lr")} or parent.data.tags["icd_tune.importance"].startswith("none: ")
+    import optuna
+
+    storage = f"sqlite:///{out['run_folder'] / 'optuna.db'}"
+    assert optuna.load_study(study_name="first", storage=storage).metric_names == ["val/acc1"]
     names = [t["name"] for t in out["trials"]]
     port = free_port()
     server = subprocess.Popen(
