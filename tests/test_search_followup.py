@@ -110,3 +110,43 @@ def test_printed_compare_link_shows_every_trial_in_a_browser(finished_search):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_warm_start_seeds_a_follow_up_search_and_refuses_another_space(finished_search, capsys):
+    import textwrap
+
+    import optuna
+    from conftest import TINY_STUDY
+    from optuna.trial import TrialState
+
+    from icd_tune.platform.cli import main
+
+    work, out, _ = finished_search
+    earlier = optuna.load_study(study_name="first", storage=f"sqlite:///{out['run_folder'] / 'optuna.db'}")
+    finished = [t for t in earlier.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    follow = SEARCH.replace("num_samples: 4", f"num_samples: 2\n  warm_start: {out['run_folder']}")
+    path = work / "second.yaml"
+    path.write_text(textwrap.dedent(TINY_STUDY.format(name="second", epochs=2, steps=1)) + textwrap.dedent(follow))
+    notes = []
+    second = run_study(load_study(path), RunOptions(results_dir=str(work / "results")), log=notes.append)
+    assert any(n.startswith("warm start: 4 finished trials of 'first'") for n in notes)
+    assert len(second["trials"]) == 2  # Ray ran only the new samples
+    seeded = optuna.load_study(study_name="second", storage=f"sqlite:///{second['run_folder'] / 'optuna.db'}")
+    copied = [t for t in seeded.trials if "warm_start_from" in t.user_attrs]
+    assert len(seeded.trials) == 6 and len(copied) == 4
+    assert sorted((t.state, t.value, tuple(sorted(t.params.items())), tuple(sorted(t.intermediate_values.items())))
+                  for t in copied) == sorted(
+        (t.state, t.value, tuple(sorted(t.params.items())), tuple(sorted(t.intermediate_values.items())))
+        for t in finished)
+    assert [t.state for t in seeded.trials[4:]] != [TrialState.RUNNING] * 2
+
+    other = follow.replace("optim.lr: {type: loguniform, low: 0.001, high: 0.2}",
+                           "loss.temperature: {type: choice, values: [0.05, 0.1]}")
+    bad = work / "third.yaml"
+    bad.write_text(textwrap.dedent(TINY_STUDY.format(name="third", epochs=2, steps=1)) + textwrap.dedent(other))
+    capsys.readouterr()
+    assert main([str(bad), "--results-dir", str(work / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "loss.temperature (not sampled by the earlier search)" in err
+    assert "optim.lr (sampled by the earlier search, not by this one)" in err

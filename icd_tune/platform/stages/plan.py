@@ -11,6 +11,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from ...method.config import TrialConfig
@@ -21,9 +22,9 @@ from ..study import Study
 from ..study_settings import StudySettings
 from ..trainable import TrialRunSettings
 from ..trials import TrialDescriber, TrialPoint, trial_config
+from ..warm_start import OPTUNA_DB, load_warm_start
 
 STATE_FILE = "study_state.json"
-OPTUNA_DB = "optuna.db"  # a search's Optuna storage, in the run folder
 
 
 @dataclass
@@ -80,6 +81,7 @@ class StudyPlan:
     tracking_uri: str
     # For the log, not stopping the run: what a smoke run stood in, a resume at another code commit.
     notes: list[str] = field(default_factory=list)
+    warm_start: Any = None  # warm_start.WarmStart: an earlier search's trials to seed this one (fresh runs only)
 
     @property
     def settings(self) -> StudySettings:
@@ -173,6 +175,10 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
                      state=state, storage_path=storage_path, tracking_uri=tracking_uri, notes=notes)
     record_fingerprint(plan)
+    if plan.searching and not opts.resume:  # a resumed search already holds them in its Optuna study
+        plan.warm_start = load_warm_start(study)
+        if plan.warm_start:
+            plan.notes.append(plan.warm_start.describe())
     return plan
 
 

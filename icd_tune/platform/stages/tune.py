@@ -132,7 +132,7 @@ def asha_scheduler(plan: StudyPlan):
 def trial_space(plan: StudyPlan) -> TrialSpace:
     settings = plan.settings
     if plan.searching:
-        searcher = make_searcher(plan.study, plan.optuna_storage_url, plan.max_epochs)
+        searcher = make_searcher(plan.study, plan.optuna_storage_url, plan.max_epochs, plan.warm_start)
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
                           settings.search.num_samples)
     return TrialSpace({"point": tune.grid_search([p.to_config() for p in plan.points])}, None, 1)
