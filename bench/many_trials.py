@@ -157,7 +157,8 @@ def main() -> int:
               f"{r['mib_per_trial']:10.3f} {r['run_mib']:8.1f} {r['first_q_s']:11.3f} {r['last_q_s']:11.3f} {r['first_q_mib']:13.3f} "
               f"{r['last_q_mib']:13.3f}", flush=True)
     ray.shutdown()
-    print(f"one trial's compute in process: {', '.join(f'{r['compute_s']:.3f}' for r in rows)} s (per size); "
+    computes = ", ".join(f"{r['compute_s']:.3f}" for r in rows)
+    print(f"one trial's compute in process: {computes} s (per size); "
           "overhead = s/trial - compute / concurrency; MiB/trial: driver RSS growth per finished trial, first to last "
           "(run MiB: the whole run's growth, set-up included)")
     worst = max(r["overhead_s"] for r in rows), max(r["mib_per_trial"] for r in rows)
