@@ -4,8 +4,11 @@ Each trial trains one step of a tiny model on a few synthetic images and evaluat
 once, so nearly all of its wall time is what the platform adds: Tune's loop and
 experiment snapshots, the Optuna searcher, the MLflow child run (params, metrics,
 the student artifact), the progress line. For each size the study runs as a user's
-would (``run_study``, a fresh run folder, sqlite MLflow and Optuna stores), with
-one trial's in-process compute measured first and subtracted. A Tune callback
+would (``run_study``, a fresh run folder, sqlite MLflow and Optuna stores). The
+wall time per trial (Tune's wall time over the count) is the figure checked: it
+bounds the overhead from above, since it still holds the trial's own step and
+evaluation. One trial's compute in process (live teacher) is printed beside it for
+scale only: trials under Tune read the teacher-output cache. A Tune callback
 records the driver's resident memory and the clock at every finished trial, so
 the per-trial figures are also given for the first and last quarter of the run:
 flat means they do not grow with the count.
@@ -159,10 +162,11 @@ def main() -> int:
     ray.shutdown()
     computes = ", ".join(f"{r['compute_s']:.3f}" for r in rows)
     print(f"one trial's compute in process: {computes} s (per size); "
-          "overhead = s/trial - compute / concurrency; MiB/trial: driver RSS growth per finished trial, first to last "
+          "the overhead column (s/trial - compute / concurrency) is indicative only; MiB/trial: driver RSS growth per finished trial, first to last "
           "(run MiB: the whole run's growth, set-up included)")
-    worst = max(r["overhead_s"] for r in rows), max(r["mib_per_trial"] for r in rows)
-    print(f"targets: <= 0.5 s overhead per trial: {'met' if worst[0] <= 0.5 else 'missed'} (worst {worst[0]:.3f}); "
+    worst = max(r["per_trial_s"] for r in rows), max(r["mib_per_trial"] for r in rows)
+    print(f"targets: <= 0.5 s overhead per trial (bounded by s/trial): {'met' if worst[0] <= 0.5 else 'missed'} "
+          f"(worst {worst[0]:.3f}); "
           f"<= 1 MiB driver memory per trial: {'met' if worst[1] <= 1 else 'missed'} (worst {worst[1]:.3f})")
     return 0
 
