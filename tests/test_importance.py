@@ -54,3 +54,11 @@ def test_report_carries_importance_table_plot_and_file(tmp_path):
     single = write_report(tmp_path / "one", "q", grid_trials(), [], ["weight"], selection_metric="val/acc1")
     assert "not computed: the study varies one key (weight)" in single["report.txt"].read_text()
     assert "importance.png" not in single
+
+
+def test_trials_that_all_score_the_same_give_a_reason_not_an_error():
+    trials = grid_trials()
+    for t in trials:
+        t["final"]["val/acc1"] = 25.0
+    result = compute_importance(trials, ["weight", "temp"], "val/acc1", "max", from_levels=True)
+    assert not result["importance"] and "scored the same val/acc1" in result["reason"]

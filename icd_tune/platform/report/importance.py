@@ -83,12 +83,18 @@ def compute_importance(trials: Sequence[Mapping], keys: Sequence[str], metric: s
     if len(dists) < 2:
         out["reason"] = f"only {len(dists)} key took two or more values among the trials that ran their whole budget"
         return out
+    if len({value for _, value in rows}) < 2:
+        out["reason"] = f"every one of the {len(rows)} trials scored the same {metric}; there is no variance to share out"
+        return out
     out["keys"] = list(dists)
-    out["importance"] = evaluate(rows, dists, mode)
+    out["importance"], failures = evaluate(rows, dists, mode)
+    if not out["importance"]:
+        out["keys"], out["reason"] = [], "; ".join(failures)
     return out
 
 
-def evaluate(rows: list[tuple[dict, float]], dists: dict, mode: str) -> dict[str, dict[str, float]]:
+def evaluate(rows: list[tuple[dict, float]], dists: dict, mode: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """{evaluator: {key: share}} for the evaluators that could rate these trials, and why the others could not."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
@@ -96,13 +102,17 @@ def evaluate(rows: list[tuple[dict, float]], dists: dict, mode: str) -> dict[str
     study.add_trials([optuna.trial.create_trial(params={k: values[k] for k in dists}, distributions=dists,
                                                 value=value) for values, value in rows])
     evaluators = {"fANOVA": FanovaImportanceEvaluator(seed=0), "PED-ANOVA": PedAnovaImportanceEvaluator()}
-    out = {}
+    out, failures = {}, []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # too few trials for a quantile, all values equal: shown as zeros
+        warnings.simplefilter("ignore")  # too few trials for a quantile: shown as zeros
         for name, evaluator in evaluators.items():
-            shares = get_param_importances(study, evaluator=evaluator, normalize=True)
+            try:
+                shares = get_param_importances(study, evaluator=evaluator, normalize=True)
+            except (RuntimeError, ValueError) as err:  # e.g. fANOVA: no variance left in any tree
+                failures.append(f"{name}: {err}")
+                continue
             out[name] = {k: float(shares.get(k, 0.0)) for k in dists}
-    return out
+    return out, failures
 
 
 def render_importance(result: Mapping) -> str:
