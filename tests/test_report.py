@@ -284,8 +284,8 @@ def test_write_report_writes_everything(tmp_path):
     trials = grid_trials()
     paths = write_report(tmp_path / "out", "icd_ablation", trials, history_for(trials), [FACTOR],
                          baseline=0.0)
-    assert set(paths) == {"report.txt", "trials.parquet", "history.parquet",
-                          f"factor_{FACTOR}.png", "learning_curves.png"}
+    assert set(paths) == {"report.txt", "trials.parquet", "history.parquet", "importance.json",
+                          f"factor_{FACTOR}.png", "learning_curves.png"}  # one factor: no importance plot
     for name, path in paths.items():
         assert path.exists() and path.parent == tmp_path / "out"
         if name.endswith(".png"):

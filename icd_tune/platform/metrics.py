@@ -63,6 +63,7 @@ TRAINING_ITERATION = "training_iteration"
 # Logged on a study's MLflow parent run.
 STUDY_WALL_SECONDS = "study/wall_seconds"
 BEST_PREFIX = "best/"
+IMPORTANCE_PREFIX = "importance/"  # importance/<evaluator>/<key>: a varied key's share (report/importance.py)
 
 
 def loss_term(term: str) -> str:

@@ -12,6 +12,7 @@ closed, replayed results for closed trials skipped.
 from __future__ import annotations
 
 import math
+import warnings
 from importlib import metadata
 
 import optuna
@@ -23,15 +24,19 @@ from .metrics import DIVERGED, EPOCH, ERROR, result_step
 from .ray_internals import (optuna_trial_id, searcher_closed_trials, searcher_study, searcher_trials,
                             set_stored_user_attr, stored_trial)
 from .study import Study
+from .warm_start import WARM_START_ATTR, WarmStart
 
 ORPHANED = "orphaned: its driver was interrupted before Ray recorded it"
 
 
 class StudyOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, warm_trials: list | None = None, warm_source: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         # A trial reporting fewer epochs than this when it ends was stopped early.
         self.max_epochs = max_epochs
+        # An earlier search's finished trials (warm_start.py), added once, to a study that has none yet.
+        self.warm_trials = list(warm_trials or [])
+        self.warm_source = warm_source
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         created = super().set_search_properties(metric, mode, config, **spec)
@@ -40,6 +45,13 @@ class StudyOptunaSearch(OptunaSearch):
             # Recorded with the study: TPE's defaults change between Optuna releases.
             study.set_user_attr("optuna_version", optuna.__version__)
             study.set_user_attr("icd_tune_version", metadata.version("icd-tune"))
+            # The dashboard names the objective by this instead of "Objective 0".
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([self.metric])
+            if self.warm_trials and WARM_START_ATTR not in study.user_attrs and not study.trials:
+                study.add_trials(self.warm_trials)
+                study.set_user_attr(WARM_START_ATTR, self.warm_source)
         return created
 
     def restore(self, checkpoint_path):
@@ -119,9 +131,13 @@ def worst_value(study: optuna.Study) -> float | None:
     return min(values) if study.direction == StudyDirection.MAXIMIZE else max(values)
 
 
-def make_searcher(study: Study, storage_url: str, max_epochs: int) -> StudyOptunaSearch:
-    """TPE seeded from the study, its Optuna study persisted at ``storage_url`` under the study's name."""
+def make_searcher(study: Study, storage_url: str, max_epochs: int, warm: WarmStart | None = None) -> StudyOptunaSearch:
+    """TPE seeded from the study, its Optuna study persisted at ``storage_url`` under the study's name.
+
+    ``warm``: an earlier search's finished trials, told to the new Optuna study before its first sample.
+    """
     storage = optuna.storages.RDBStorage(storage_url)
     sampler = optuna.samplers.TPESampler(seed=study.settings.search.seed)
     return StudyOptunaSearch(metric=study.settings.metric, mode=study.settings.metric_mode, sampler=sampler,
-                             storage=storage, study_name=study.name, max_epochs=max_epochs)
+                             storage=storage, study_name=study.name, max_epochs=max_epochs,
+                             warm_trials=warm.trials if warm else None, warm_source=warm.source if warm else "")

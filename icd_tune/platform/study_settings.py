@@ -41,6 +41,8 @@ class SearchConfig:
     space: dict = field(default_factory=dict)
     num_samples: int = 20
     seed: int = 0
+    # An earlier search's run folder, optuna.db or Optuna storage URL: its finished trials seed this one.
+    warm_start: Optional[str] = None
 
     def validate(self, path: str) -> None:
         require(self.num_samples >= 1, f"bad value {self.num_samples!r}: expected at least 1 sample", join_path(path, "num_samples"))

@@ -24,10 +24,12 @@ History rows: ``{"trial_id": ..., "epoch": 1, "train/loss": ..., "val/acc1": ...
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .importance import IMPORTANCE_FILE, compute_importance, plot_importance, render_importance
 from .markdown import _baseline_for, render_report
 from .parquet import write_parquet
 from .plots import plot_factor, plot_learning_curves, use_log_axis
@@ -54,7 +56,8 @@ def _safe_name(name: str) -> str:
 def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping],
                  history: Sequence[Mapping], factors: Iterable[str] | None, baseline: Any = None,
                  metric: str = "test/acc1_at_best_val", mode: str = "max",
-                 selection_metric: str = "val/acc1", notice: str | None = None) -> dict[str, Path]:
+                 selection_metric: str = "val/acc1", notice: str | None = None,
+                 search_keys: Iterable[str] | None = None) -> dict[str, Path]:
     """Write report.txt, trials/history Parquet, factor plots and learning curves.
 
     ``metric`` is the reported test number (plotted per factor);
@@ -64,6 +67,8 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     ``trials.parquet``, ``history.parquet``, ``factor_<name>.png`` per factor,
     ``learning_curves.png``). ``baseline`` may be one level for all factors
     or a dict factor -> level. ``notice`` (e.g. why the run was cut short) heads the report.
+    Factor importance (``importance.json``, ``importance.png`` where computed) covers the grid's
+    factors, or a search's ``search_keys``.
     """
     check_selection_metric(selection_metric)
     out_dir = Path(out_dir)
@@ -74,10 +79,18 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     paths: dict[str, Path] = {}
 
     report = out_dir / "report.txt"
+    keys = list(search_keys) if search_keys else factors
+    importance = compute_importance(trials, keys, selection_metric, mode, from_levels=not search_keys)
     report.write_text(render_report(study_name, trials, factors, baseline=baseline, metric=metric,
-                                    mode=mode, selection_metric=selection_metric, notice=notice),
-                      encoding="utf-8")
+                                    mode=mode, selection_metric=selection_metric, notice=notice)
+                      + "\n\n" + render_importance(importance) + "\n", encoding="utf-8")
     paths[report.name] = report
+    importance_path = out_dir / IMPORTANCE_FILE
+    importance_path.write_text(json.dumps(importance, indent=2), encoding="utf-8")
+    paths[importance_path.name] = importance_path
+    if importance["importance"]:
+        png = plot_importance(importance, out_dir / "importance.png")
+        paths[png.name] = png
     trials_path, history_path = write_parquet(trials, history, out_dir)
     paths[trials_path.name] = trials_path
     paths[history_path.name] = history_path

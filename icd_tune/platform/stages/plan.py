@@ -11,6 +11,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from ...method.config import TrialConfig
@@ -21,6 +22,7 @@ from ..study import Study
 from ..study_settings import StudySettings
 from ..trainable import TrialRunSettings
 from ..trials import TrialDescriber, TrialPoint, trial_config
+from ..warm_start import OPTUNA_DB, load_warm_start
 
 STATE_FILE = "study_state.json"
 # The state's list of trials a --resume added to a run, each batch run as an experiment of its own.
@@ -95,6 +97,7 @@ class StudyPlan:
     tracking_uri: str
     # For the log, not stopping the run: what a smoke run stood in, a resume at another code commit.
     notes: list[str] = field(default_factory=list)
+    warm_start: Any = None  # warm_start.WarmStart: an earlier search's trials to seed this one (fresh runs only)
 
     @property
     def settings(self) -> StudySettings:
@@ -107,6 +110,11 @@ class StudyPlan:
     @property
     def searching(self) -> bool:
         return self.settings.mode == "search" and not self.opts.smoke
+
+    @property
+    def optuna_storage_url(self) -> str:
+        """The search's Optuna study lives beside its report: ``optuna.db`` in the run folder."""
+        return f"sqlite:///{self.run_folder / OPTUNA_DB}"
 
     @property
     def experiment_name(self) -> str:
@@ -199,6 +207,10 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
                      state=state, storage_path=storage_path, tracking_uri=tracking_uri, notes=notes)
     record_fingerprint(plan)
+    if plan.searching and not opts.resume:  # a resumed search already holds them in its Optuna study
+        plan.warm_start = load_warm_start(study)
+        if plan.warm_start:
+            plan.notes.append(plan.warm_start.describe())
     return plan
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..metrics import DIVERGED, EPOCH, ERROR, epochs_done, is_trainer_metric
+from ..metrics import DIVERGED, EPOCH, ERROR, IMPORTANCE_PREFIX, epochs_done, is_trainer_metric
 from ..report import write_report
 from ..study_record import log_search_storage
+from ..report.importance import IMPORTANCE_FILE, importance_metrics
+from ..links import COMPARE_URL_TAG, compare_link, optuna_dashboard_command
 from ..tracking import ui_command, ui_runs_url
 from ..trials import TrialDescriber, point_of
 from .plan import StudyPlan
@@ -22,6 +25,7 @@ from .track import ParentRun, close_with_summary
 from .tune import TuneOutcome
 
 RESOLVED_FILE = "study_resolved.json"
+IMPORTANCE_TAG = "icd_tune.importance"  # what the parent run's importance/ metrics rest on, or why there are none
 
 
 @dataclass
@@ -52,13 +56,14 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
               f"continue with: {plan.resume_command()}") if cut_short else None
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
                          metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric,
-                         notice=notice)
+                         notice=notice, search_keys=list(study.space) if plan.searching else None)
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
     if plan.searching:  # as it stands now; a resumed search logs it again when it ends
         log_search_storage(parent.tracker.client, parent.run_id, plan.run_folder)
+    log_importance(parent, paths)
     if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
         close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
                            outcome.wall_seconds)
@@ -68,11 +73,37 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     log(f"results: {plan.run_folder}")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
-    log(f"compare the trials:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
+    log(f"runs table:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
+    log_links(plan, parent, log)
     return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
                        experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
                        wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
                        stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
+
+
+def log_importance(parent: ParentRun, paths: dict[str, Path]) -> None:
+    """Each varied key's importance share as a parent-run metric (``importance/<evaluator>/<key>``)."""
+    from mlflow.entities import Metric
+
+    result = json.loads(paths[IMPORTANCE_FILE].read_text())
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in importance_metrics(result, IMPORTANCE_PREFIX).items()]
+    if metrics:
+        parent.tracker.client.log_batch(parent.run_id, metrics=metrics)
+    parent.tracker.client.set_tag(parent.run_id, IMPORTANCE_TAG,
+                                  f"{result['trials']} trials" if metrics else f"none: {result['reason']}")
+
+
+def log_links(plan: StudyPlan, parent: ParentRun, log: Callable[[str], None]) -> None:
+    """The compare view of this invocation's trial runs (also a tag on the parent run); for a search, the dashboard."""
+    client = parent.tracker.client
+    url, what = compare_link(client, plan.tracking_uri, parent.experiment_id, parent.run_id, plan.settings.metric,
+                             plan.settings.metric_mode)
+    if url:
+        client.set_tag(parent.run_id, COMPARE_URL_TAG, url)
+        log(f"compare the trials ({what}):  {url}")
+    if plan.searching:
+        log(f"Optuna dashboard:  {optuna_dashboard_command(plan.optuna_storage_url)}")
 
 
 def trial_records(result_grid, describe: TrialDescriber, max_epochs: int,

@@ -21,7 +21,6 @@ from ..resources import DEFAULT_PENDING_TIMEOUT_S
 from ..searcher import make_searcher
 from ..study import Study
 from ..lineage import trial_lineage
-from ..study_record import OPTUNA_FILE
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
 from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
@@ -149,7 +148,7 @@ def trial_space(plan: StudyPlan, experiment: Experiment) -> TrialSpace:
     settings = plan.settings
     if plan.searching:
         # Every experiment of a run shares one Optuna study: added draws learn from the earlier trials.
-        searcher = make_searcher(plan.study, f"sqlite:///{plan.run_folder / OPTUNA_FILE}", plan.max_epochs)
+        searcher = make_searcher(plan.study, plan.optuna_storage_url, plan.max_epochs, plan.warm_start)
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
                           experiment.samples)
     return TrialSpace({"point": tune.grid_search([p.to_config() for p in experiment.points])}, None, 1)
