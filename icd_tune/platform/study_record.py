@@ -6,7 +6,7 @@ invocation logged); a search's Optuna storage is logged when the study ends.
     study/written/<file>        the study file and each file its ``extends`` chain names, child first
     study/resolved.yaml         after ``extends`` and ``--set``, every default filled in
     study/optuna.db             a search's Optuna storage (sqlite)
-    tag icd_tune.command        the command line
+    tag icd_tune.command        the command line (icd_tune.resume_command: the latest --resume's)
     params set.<key>            each ``--set KEY=VALUE`` as given
 """
 
@@ -26,6 +26,7 @@ WRITTEN_DIR = f"{STUDY_ARTIFACTS}/written"
 RESOLVED_FILE = "resolved.yaml"
 OPTUNA_FILE = "optuna.db"
 COMMAND_TAG = "icd_tune.command"
+RESUME_COMMAND_TAG = "icd_tune.resume_command"  # the latest --resume's command line
 SET_PREFIX = "set."
 
 

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from ...method.schema import flatten, to_dict
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
-from ..study_record import log_study_record
+from ..study_record import RESUME_COMMAND_TAG, command_line, log_study_record
 from ..tracking import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
 from .plan import ADDITIONS_KEY, StudyPlan
 from .prepare import Prepared
@@ -44,6 +44,8 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
                                   previous)
     if run_id != previous:  # a new parent run; a resumed one has these from its first invocation
         log_study_record(tracker.client, run_id, plan.study, plan.opts.command, tracker.log_params)
+    else:
+        tracker.client.set_tag(run_id, RESUME_COMMAND_TAG, command_line(plan.study, plan.opts.command)[:5000])
     if plan.state.get(ADDITIONS_KEY):
         tracker.client.set_tag(run_id, ADDITIONS_TAG, json.dumps(plan.state[ADDITIONS_KEY]))
     plan.state["parent_run_id"] = run_id
