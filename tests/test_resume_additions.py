@@ -50,3 +50,5 @@ def test_added_seed_runs_only_the_new_trials(tmp_path, tiny_study, ray_session, 
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "tune-added-1" in parents[0].data.tags["icd_tune.additions"]
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert parents[0].data.tags["icd_tune.resume_command"].endswith("overrides ['seeds=[0, 1]']")
+    assert all(len(client.get_run(r.info.run_id).inputs.dataset_inputs) == 1 for r in children)
