@@ -30,7 +30,7 @@ REFUSED_STUDIES = [
      r"key 'loss.negatives.count'.*more than the data allows.*use at most 1230"),
     ("grace period beyond the budget", ["asha.enabled=true", "asha.grace_period=1000", "optim.epochs=2"],
      r"key 'asha.grace_period': bad value 1000: ASHA's grace period must be below the epoch budget \(2 epochs"),
-    ("grace period at the budget", ["asha.enabled=true", "asha.grace_period=8"],
+    ("grace period at the budget", ["asha.enabled=true", "asha.grace_period=8", "optim.epochs=8"],
      r"asha.grace_period.*below the epoch budget \(8 epochs.*use 1 to 7"),
     ("grace period beyond asha.max_epochs", ["asha.enabled=true", "asha.grace_period=5", "asha.max_epochs=5"],
      r"asha.grace_period.*\(5 epochs"),
