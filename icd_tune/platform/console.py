@@ -71,7 +71,8 @@ class QuietConsole:
             os.dup2(saved, fd)
             os.close(saved)
         sys.stdout, sys.stderr = self.saved_streams
-        self.text.close()
+        # Left open: a thread that took it as sys.stdout now writes to the terminal, not to a closed file.
+        self.text.flush()
         if self.sink is not None:
             if failed:  # no log file to look in: show what Ray, MLflow or Optuna said before the error
                 self.sink.seek(0)
