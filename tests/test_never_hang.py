@@ -50,7 +50,7 @@ def test_study_sizes_and_scheduler_settings_that_cannot_work_are_refused(label, 
 
 def test_what_the_data_allows_is_accepted():
     load_study(QUICKSTART, ["optim.batch_size=1294", "teacher.optim.batch_size=1294"])
-    load_study(QUICKSTART, ["asha.enabled=true", "asha.grace_period=7", "asha.reduction_factor=2"])
+    load_study(QUICKSTART, ["asha.enabled=true", "asha.grace_period=7", "asha.reduction_factor=2", "optim.epochs=8"])
     load_study(QUICKSTART, ["asha.grace_period=1000"])  # ASHA off: the grace period is never used
 
 
