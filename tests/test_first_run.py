@@ -1,12 +1,20 @@
 """A first run as a new user makes it: nothing left in the directory the command ran from."""
 
+import json
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from icd_tune.platform import console
 from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.study import load_study
 from icd_tune.platform.tracking import default_artifact_root
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_artifact_root_sits_beside_a_sqlite_store(tmp_path):
@@ -15,28 +23,72 @@ def test_artifact_root_sits_beside_a_sqlite_store(tmp_path):
     assert default_artifact_root("http://127.0.0.1:5000") is None  # the server's own default
 
 
+# What the project's display prints (cli, stages, progress, watchdog); the report is matched whole, as report.txt.
+PROJECT_LINE = re.compile(
+    r"(study '|Ray, MLflow and Optuna output: |MLflow tracking URI: |open the UI:  |teacher: |  teacher epoch "
+    r"|teacher-output cache: |teacher cache |\[\d+:\d\d:\d\d\] |  (completed|stopped early|failed): "
+    r"|waiting for resources: |stopping the study: |results: |compare the trials:  )")
+THIRD_PARTY = ("Configuration for experiment", "A new study created in RDB", "Creating initial MLflow database tables",
+               "Started a local Ray instance")
+
+
+def _cli(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    out = subprocess.run([sys.executable, str(ROOT / "run_ablation.py"), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def _run_folder(results, name, before=()):
+    (folder,) = [p for p in (results / name).glob("2*") if p not in before]
+    return folder
+
+
 @pytest.mark.slow
-def test_study_run_from_elsewhere_writes_nothing_there(tmp_path, tiny_study, ray_session, monkeypatch):
+def test_a_run_from_elsewhere_writes_nothing_there_and_keeps_its_console_to_the_project(tmp_path, tiny_study):
     path = tiny_study("elsewhere", """
-    mode: grid
-    grid:
-      invariance_weight: {key: loss.invariance_weight, levels: [0.0]}
-    baseline: 0.0
-    seeds: [0]
+    mode: search
+    search:
+      space:
+        loss.invariance_weight: {type: uniform, low: 0.0, high: 1.0}
+      num_samples: 1
+    asha: {enabled: false}
     """, epochs=1)
-    scratch = tmp_path / "scratch"
+    scratch, results = tmp_path / "scratch", tmp_path / "results"
     scratch.mkdir()
-    monkeypatch.chdir(scratch)
-    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    quiet = _cli([str(path), "--results-dir", str(results)], scratch)
     assert sorted(os.listdir(scratch)) == []
+    folder = _run_folder(results, "elsewhere")
+    # The quiet console: nothing on stderr, and on stdout the report and the project's own lines alone.
+    assert quiet.stderr == ""
+    report = (folder / "report.txt").read_text()
+    assert report.strip() in quiet.stdout
+    others = [line for line in quiet.stdout.replace(report.strip(), "").splitlines()
+              if line.strip() and not PROJECT_LINE.match(line)]
+    assert others == []
+    log = folder / console.LOG_NAME
+    assert f"Ray, MLflow and Optuna output: {log} (-v shows it here)" in quiet.stdout.splitlines()[:3]
+    for line in THIRD_PARTY:
+        assert line in log.read_text() and line not in quiet.stdout
+
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(out["tracking_uri"])
-    artifacts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    state = json.loads((folder / "study_state.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    artifacts = {a.path for a in client.list_artifacts(state["parent_run_id"])}
     assert "report.txt" in artifacts
-    location = client.get_experiment(out["experiment_id"]).artifact_location
-    assert location == (tmp_path / "results" / "elsewhere" / "mlartifacts").as_uri()
-    assert (tmp_path / "results" / "elsewhere" / "mlartifacts").is_dir()
+    location = client.get_experiment(state["experiment_id"]).artifact_location
+    assert location == (results / "elsewhere" / "mlartifacts").as_uri()
+    assert (results / "elsewhere" / "mlartifacts").is_dir()
+
+    # -v: the third-party lines come back to the console, and no log file is kept.
+    loud = _cli([str(path), "--results-dir", str(results), "-v"], scratch)
+    assert sorted(os.listdir(scratch)) == []
+    second = _run_folder(results, "elsewhere", before=[folder])
+    for line in ("Configuration for experiment", "A new study created in RDB", "Started a local Ray instance"):
+        assert line in loud.stdout + loud.stderr
+    assert "Ray, MLflow and Optuna output: " not in loud.stdout and not (second / console.LOG_NAME).exists()
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ REFUSED_STUDIES = [
      r"key 'loss.negatives.count'.*more than the data allows.*use at most 1230"),
     ("grace period beyond the budget", ["asha.enabled=true", "asha.grace_period=1000", "optim.epochs=2"],
      r"key 'asha.grace_period': bad value 1000: ASHA's grace period must be below the epoch budget \(2 epochs"),
-    ("grace period at the budget", ["asha.enabled=true", "asha.grace_period=8"],
+    ("grace period at the budget", ["asha.enabled=true", "asha.grace_period=8", "optim.epochs=8"],
      r"asha.grace_period.*below the epoch budget \(8 epochs.*use 1 to 7"),
     ("grace period beyond asha.max_epochs", ["asha.enabled=true", "asha.grace_period=5", "asha.max_epochs=5"],
      r"asha.grace_period.*\(5 epochs"),
@@ -50,7 +50,7 @@ def test_study_sizes_and_scheduler_settings_that_cannot_work_are_refused(label, 
 
 def test_what_the_data_allows_is_accepted():
     load_study(QUICKSTART, ["optim.batch_size=1294", "teacher.optim.batch_size=1294"])
-    load_study(QUICKSTART, ["asha.enabled=true", "asha.grace_period=7", "asha.reduction_factor=2"])
+    load_study(QUICKSTART, ["asha.enabled=true", "asha.grace_period=7", "asha.reduction_factor=2", "optim.epochs=8"])
     load_study(QUICKSTART, ["asha.grace_period=1000"])  # ASHA off: the grace period is never used
 
 

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "meets); default: detected from Ray's autoscaler")
     p.add_argument("--allow-failed-trials", action="store_true",
                    help="exit 0 when some (not all) trials failed")
-    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and tables")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's, Ray Tune's, MLflow's and Optuna's own output too (by default it goes to "
+                        "third_party.log in the run folder)")
     return p
 
 

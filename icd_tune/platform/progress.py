@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Callable
 
 from ray import tune
 
+from . import console
 from .metrics import DIVERGED, ERROR, epochs_done
 
 
@@ -20,7 +20,7 @@ class ProgressCallback(tune.Callback):
         self.planned = planned_trials
         self.max_epochs = max_epochs
         self.metric, self.mode = metric, mode
-        self.stream = stream  # None: whatever sys.stdout is when printing (Tune pickles callbacks)
+        self.stream = stream  # None: console.out() when printing (Tune pickles callbacks)
         self.interval = interval
         self.start = time.time()
         self.last_print = 0.0
@@ -91,7 +91,7 @@ class ProgressCallback(tune.Callback):
 
     def print_line(self, line: str):
         self.last_print = time.time()
-        print(line, file=self.stream or sys.stdout, flush=True)
+        print(line, file=self.stream or console.out(), flush=True)
 
 
 def clock(seconds: float) -> str:

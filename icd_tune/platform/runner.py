@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from . import console
 from .preflight import StudyRunError
 from .searcher import make_searcher
 from .stages.plan import RunOptions, planned_trial_epochs, resolve_plan
@@ -15,19 +16,22 @@ from .study import Study
 from .trainable import icd_trainable
 
 
-def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = print) -> dict:
+def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = console.say) -> dict:
     """Runs every trial of ``study``, logs them to MLflow and writes the report; returns what was recorded.
 
     The returned dict holds run_folder, trials, history, tracking_uri,
     experiment_id, parent_run_id, wall_seconds and report (the report's text).
+    Unless ``opts.verbose``, Ray's, MLflow's and Optuna's own output goes to the run
+    folder's log file instead of the terminal (``console``).
     """
     plan = resolve_plan(study, opts)
     for note in plan.notes:
         log(note)
-    prepared = prepare(plan, log)
-    parent = open_parent_run(plan, prepared)
-    outcome = tune_trials(plan, prepared, parent, log)
-    return record_and_report(plan, parent, outcome, log).to_dict()
+    with console.quiet(not opts.verbose):
+        prepared = prepare(plan, log)
+        parent = open_parent_run(plan, prepared)
+        outcome = tune_trials(plan, prepared, parent, log)
+        return record_and_report(plan, parent, outcome, log).to_dict()
 
 
 __all__ = ["RunOptions", "run_study", "icd_trainable", "StudyRunError", "cache_decision", "planned_trial_epochs",

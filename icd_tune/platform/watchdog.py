@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from ray import tune
 
+from . import console
 from .ray_internals import request_tune_stop
 from .resources import amount
 
@@ -41,7 +42,7 @@ class StudyWatch(tune.Callback):
         self.pending_timeout_s = pending_timeout_s
         self.trial_cpus, self.trial_gpus = trial_cpus, trial_gpus
         self.poll_s = poll_s
-        self.stream = stream  # None: sys.stdout at print time (Tune pickles callbacks)
+        self.stream = stream  # None: console.out() at print time (Tune pickles callbacks)
         self.kind: str | None = None
         self.reason: str | None = None
         self.unfinished: set[str] = set()
@@ -109,7 +110,7 @@ class StudyWatch(tune.Callback):
             raise RuntimeError(f"could not stop the Tune run gracefully: {reason}")
 
     def print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
+        print(line, file=self.stream or console.out(), flush=True)
 
 
 def free_resources() -> str:

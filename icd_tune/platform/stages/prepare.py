@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .. import console
 from ..metrics import EPOCH, TEST_ACC1
 from ..preflight import (StudyRunError, check_experiment_storage, check_folder_writable, check_free_space,
                          check_tracking_store, estimate_disk_bytes)
@@ -94,8 +95,9 @@ def start_ray(plan: StudyPlan) -> None:
     # The local instance has what the smoke caps and the refusals count, cgroup quotas included.
     local = {} if opts.joins_cluster else {"num_cpus": local_cpus(), "num_gpus": local_gpus()}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=opts.verbose,
-                 logging_level=logging.INFO if opts.verbose else logging.WARNING, configure_logging=True, **local)
+        # Worker output and INFO lines reach the driver: on the terminal with -v, else in the run's log (console).
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.INFO,
+                 configure_logging=True, **local)
     except Exception as err:  # ConnectionError, auth and version mismatches all land here
         raise StudyRunError(f"cannot join the Ray cluster at {address}: {type(err).__name__}: {err}") from None
 
@@ -135,6 +137,7 @@ def create_run_folder(plan: StudyPlan) -> None:
         plan.run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
     except OSError as err:
         raise StudyRunError(f"results folder {plan.run_folder} cannot be created: {err.strerror or err}") from None
+    console.attach_log(plan.run_folder)
     study = plan.study
     plan.state.update({"study": study.name, "source": study.source, "storage": plan.storage_path,
                        "tracking_uri": plan.tracking_uri, "smoke": plan.opts.smoke, "status": "running"})
@@ -148,6 +151,8 @@ def announce(plan: StudyPlan, log: Log) -> None:
         log(note)
     log(f"study '{study.name}': {plan.planned_trials} trials, "
         f"up to {plan.max_epochs} epochs each; results in {plan.run_folder}")
+    if console.log_path():
+        log(f"Ray, MLflow and Optuna output: {console.log_path()} (-v shows it here)")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
 
@@ -228,8 +233,9 @@ def prepare_output_cache(plan: StudyPlan, prepared: Prepared, log: Log) -> Outpu
         from ...method.output_cache import get_or_build_cache
 
         # Built here once, so that trials open it instead of queueing on the build lock.
-        cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
-                                   device=resolve_device(driver_device(plan)), log=log)
+        with console.shown():  # the build's progress line
+            cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
+                                       device=resolve_device(driver_device(plan)), log=log)
         prepared.teacher_info["output_cache"] = str(cache.path)
     return spec
 
