@@ -67,6 +67,36 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
     assert "diff vs 0" in out["report"]
 
 
+def test_protocol_paper_study_reports_and_labels_the_test_selected_number(tmp_path, tiny_study, ray_session):
+    path = tiny_study("paper", """
+    protocol: paper
+    mode: grid
+    grid:
+      method:
+        levels:
+          - {label: KD, set: {loss.contrastive_weight: 0.0, loss.invariance_weight: 0.0}}
+          - {label: ICD+KD, set: {loss.kd_weight: 1.0}}
+    baseline: KD
+    """)
+    out = run_study(load_study(path, ["data.val_fraction=0"]), RunOptions(results_dir=str(tmp_path / "results")),
+                    log=lambda *_: None)
+    assert [t["status"] for t in out["trials"]] == ["completed", "completed"]
+    for record in out["trials"]:
+        final = record["final"]
+        assert "val/acc1" not in final and "test/acc1_at_best_val" not in final
+        assert final["test/best_acc1"] >= final["test/acc1"] and 1 <= final["test/best_epoch"] <= 2
+    flat = " ".join(out["report"].split())
+    assert "Protocol: paper" in flat and "test/best_acc1 (selected on test)" in flat and "Best level" not in flat
+    client = mlflow_client(out["tracking_uri"])
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["icd_tune.protocol"] == "paper" and not any(k.startswith("best/") for k in parent.data.metrics)
+    for run in client.search_runs([out["experiment_id"]], "tags.mlflow.parentRunId = '%s'" % out["parent_run_id"]):
+        assert run.data.params["protocol"] == "paper" and run.data.params["data.val_fraction"] == "0.0"
+        assert "selected on the test set" in run.data.tags["icd_tune.selection"]
+        assert run.data.tags["icd_tune.student_weights"].startswith("best test/acc1 (selected on the test set")
+        assert len(client.get_metric_history(run.info.run_id, "test/best_acc1")) == 2
+
+
 def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):
     import optuna
 

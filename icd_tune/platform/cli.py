@@ -80,6 +80,10 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
     print(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None).rstrip(), file=out)
     print("", file=out)
     epochs = study.max_epochs()
+    from .report.paper import PROTOCOL_TEXT
+
+    protocol = study.base.get("protocol", "validation")
+    print(f"# protocol {PROTOCOL_TEXT[protocol]}", file=out)
     if settings.mode == "grid":
         points = study.grid_points()
         print(f"# trial plan: grid, {len(points)} trials x {epochs} epochs = {len(points) * epochs} trial-epochs"

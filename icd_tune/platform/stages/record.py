@@ -51,14 +51,14 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
               f"continue with: {plan.resume_command()}") if cut_short else None
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
                          metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric,
-                         notice=notice)
+                         notice=notice, protocol=plan.trial0.protocol)
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
     if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
         close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
-                           outcome.wall_seconds)
+                           outcome.wall_seconds, selects=plan.trial0.protocol != "paper")
         plan.state["status"] = "finished"
         plan.save_state()
     log(report_text)
