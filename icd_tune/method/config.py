@@ -73,8 +73,13 @@ class LossConfig:
     contrastive_weight: float = 1.0
     invariance_weight: float = 0.5
     kd_temperature: float = 4.0
-    # `learnable` (scale = exp(theta), theta from 1, capped at 10) or a fixed temperature.
-    temperature: Union[Literal["learnable"], float] = "learnable"
+    # How the ICD logits are scaled (logits = scale * cosine + bias):
+    #   `learnable`: scale = exp(theta), theta trained from 1 (scale e), capped at 10, plus a trained bias;
+    #     the published CIFAR-100 table's setting.
+    #   `frozen`: the same scale left untrained at its initial value e (T = 1/e = 0.36788), bias 0;
+    #     what the authors' ImageNet script does. Equal to temperature 0.36787944117144233.
+    #   a number T: a fixed temperature, scale = 1/T, bias 0 (logits are divided by T).
+    temperature: Union[Literal["learnable", "frozen"], float] = "learnable"
     feat_dim: int = 128
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
@@ -83,8 +88,9 @@ class LossConfig:
             value = getattr(self, name)
             require(math.isfinite(value) and value >= 0, f"bad value {value!r}: loss weights must be finite and >= 0", join_path(path, name))
         require(self.kd_temperature > 0, f"bad value {self.kd_temperature!r}: expected a temperature > 0", join_path(path, "kd_temperature"))
-        if self.temperature != "learnable":
-            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected 'learnable' or a temperature > 0", join_path(path, "temperature"))
+        if self.temperature not in ("learnable", "frozen"):
+            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected "
+                    f"'learnable', 'frozen' or a temperature > 0", join_path(path, "temperature"))
         require(self.feat_dim >= 1, f"bad value {self.feat_dim!r}: expected a positive integer", join_path(path, "feat_dim"))
 
     @property
