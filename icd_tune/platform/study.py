@@ -23,6 +23,8 @@ from ..method.schema import ConfigError, check_keys, coerce, from_dict, join_pat
 from .study_checks import check_modes, check_protocol, check_trials, protocol_defaults
 from .study_settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .study_yaml import check_override_key, load_with_extends, parse_override, read_yaml
+from .published import check_reported
+from .teacher_set import expand_teachers_dir
 from .trials import TrialPoint, set_path, short_name, trial_config
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -114,6 +116,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def build_study(data: dict, path: Path) -> Study:
     check_keys(data, TRIAL_KEYS + STUDY_KEYS, "")
+    expand_teachers_dir(data)
     if "seed" in data:
         raise ConfigError("unknown key 'seed'; did you mean 'seeds'? a study lists its seeds", "seed")
     seeds = data.get("seeds", [0])
@@ -134,6 +137,7 @@ def build_study(data: dict, path: Path) -> Study:
     space = _parse_space(settings, path) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
     check_trials(settings, _validate_points(study))
+    check_reported(study)
     return study
 
 

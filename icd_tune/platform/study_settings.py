@@ -83,6 +83,13 @@ class StudySettings:
     # Refuse to start with less free disk than this (or than the study's own estimate).
     min_free_gb: float = 1.0
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    # Fills {teachers_dir} in teacher.checkpoint (with {arch}, each trial's teacher.arch): where the
+    # teacher checkpoints are, e.g. RepDistiller's save/models. Relative to the working directory.
+    teachers_dir: Optional[str] = None
+    # Published numbers to print beside the measured ones (paper_table.yaml): first grid factor's
+    # level -> {teacher: %, student: %, <second factor's level>: %, ...}; see report.published.
+    reported: dict = field(default_factory=dict)
+    reported_source: str = ""
 
     def validate(self, path: str) -> None:
         require(bool(self.name), "required key is missing: every study needs a name", join_path(path, "name"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..metrics import DIVERGED, EPOCH, ERROR, epochs_done, is_trainer_metric
+from ..published import published_lines
 from ..report import write_report
 from ..tracking import ui_command, ui_runs_url
 from ..trials import TrialDescriber, point_of
@@ -49,9 +50,13 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     cut_short = outcome.stop_kind is not None
     notice = (f"CUT SHORT ({outcome.stop_kind}): {outcome.stop_reason}. Unfinished trials are listed apart; "
               f"continue with: {plan.resume_command()}") if cut_short else None
+    # Published numbers beside the measured ones (a smoke run's one trial too: it checks that path).
+    methods = [str(label) for label, _ in study.factors[1].levels] if len(study.factors) > 1 else []
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
                          metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric,
-                         notice=notice, protocol=plan.trial0.protocol)
+                         notice=notice, protocol=plan.trial0.protocol,
+                         extra=published_lines(settings, [f.name for f in study.factors], methods, trials,
+                                               settings.report_metric))
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,

@@ -33,7 +33,12 @@ class ParentRun:
 def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
     tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric)}
-    params = {f"study.{k}": v for k, v in flatten(to_dict(plan.settings)).items()}
+    settings = to_dict(plan.settings)
+    # Published numbers are keyed by level labels (wrn_40_2->wrn_16_2, ICD+KD) that MLflow refuses in a param name.
+    reported = settings.pop("reported", None)
+    params = {f"study.{k}": v for k, v in flatten(settings).items()}
+    if reported:
+        params["study.reported"] = json.dumps(reported, sort_keys=True)
     params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
     run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
                                   plan.state.get("parent_run_id"))
