@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -67,16 +68,33 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
     assert "diff vs 0" in out["report"]
 
 
-def test_protocol_paper_study_reports_and_labels_the_test_selected_number(tmp_path, tiny_study, ray_session):
-    path = tiny_study("paper", """
+def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_session):
+    """Protocol paper, two teachers from RepDistiller-format files through one template, each with its own
+    output cache, and published numbers beside the measured ones: one Ray run covers them all."""
+    import torch
+
+    from icd_tune.method.models import create_model
+
+    for arch, seed in (("resnet8", 1), ("resnet14", 2)):
+        torch.manual_seed(seed)
+        folder = tmp_path / "teachers" / f"{arch}_vanilla"
+        folder.mkdir(parents=True)
+        torch.save({"model": create_model(arch, 4).state_dict()}, folder / "ckpt_epoch_240.pth")
+    path = tiny_study("paper", f"""
     protocol: paper
+    teachers_dir: {tmp_path / "teachers"}
+    teacher: {{arch: resnet8, checkpoint: "{{teachers_dir}}/{{arch}}_vanilla/ckpt_epoch_240.pth", cache: on}}
     mode: grid
     grid:
+      pair:
+        levels:
+          - {{label: resnet8->resnet8, set: {{teacher.arch: resnet8}}}}
+          - {{label: resnet14->resnet8, set: {{teacher.arch: resnet14}}}}
       method:
         levels:
-          - {label: KD, set: {loss.contrastive_weight: 0.0, loss.invariance_weight: 0.0}}
-          - {label: ICD+KD, set: {loss.kd_weight: 1.0}}
-    baseline: KD
+          - {{label: ICD+KD, set: {{loss.kd_weight: 1.0}}}}
+    reported:
+      resnet8->resnet8: {{teacher: 50.0, student: 40.0, ICD+KD: 45.5}}
     """)
     out = run_study(load_study(path, ["data.val_fraction=0"]), RunOptions(results_dir=str(tmp_path / "results")),
                     log=lambda *_: None)
@@ -85,11 +103,21 @@ def test_protocol_paper_study_reports_and_labels_the_test_selected_number(tmp_pa
         final = record["final"]
         assert "val/acc1" not in final and "test/acc1_at_best_val" not in final
         assert final["test/best_acc1"] >= final["test/acc1"] and 1 <= final["test/best_epoch"] <= 2
+        arch = record["levels"]["pair"].split("->")[0]
+        assert record["params"]["teacher.checkpoint"] == str(tmp_path / "teachers" / f"{arch}_vanilla" / "ckpt_epoch_240.pth")
     flat = " ".join(out["report"].split())
     assert "Protocol: paper" in flat and "test/best_acc1 (selected on test)" in flat and "Best level" not in flat
+    measured = next(t["final"]["test/best_acc1"] for t in out["trials"] if t["levels"]["pair"] == "resnet8->resnet8")
+    assert (f"| resnet8->resnet8 | 50.00 | 40.00 | ICD+KD | {measured:.2f} +- n/a (n=1) | 45.50 | {measured - 45.5:+.2f} |"
+            in re.sub(" +", " ", out["report"]))
     client = mlflow_client(out["tracking_uri"])
     parent = client.get_run(out["parent_run_id"])
     assert parent.data.tags["icd_tune.protocol"] == "paper" and not any(k.startswith("best/") for k in parent.data.metrics)
+    teachers = json.loads(parent.data.tags["icd_tune.teacher"])["teachers"]
+    assert sorted(t["path"] for t in teachers.values()) == sorted(
+        str(tmp_path / "teachers" / f"{a}_vanilla" / "ckpt_epoch_240.pth") for a in ("resnet14", "resnet8"))
+    # Each teacher's own output cache, built once.
+    assert len({t["output_cache"] for t in teachers.values()}) == 2
     for run in client.search_runs([out["experiment_id"]], "tags.mlflow.parentRunId = '%s'" % out["parent_run_id"]):
         assert run.data.params["protocol"] == "paper" and run.data.params["data.val_fraction"] == "0.0"
         assert "selected on the test set" in run.data.tags["icd_tune.selection"]
