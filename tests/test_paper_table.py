@@ -103,3 +103,20 @@ def test_arch_fills_the_template_per_trial(tmp_path):
     study = load_study(path, ["grid.pair.levels=[{label: a, set: {teacher.arch: resnet14}}]"])
     cfg = study.trial_config(0, study.grid_points()[0].overrides)
     assert cfg.teacher.checkpoint == str(tmp_path / "resnet14_vanilla" / "ckpt_epoch_240.pth")
+
+
+def test_each_trial_gets_its_own_teacher_and_only_its_own_cache(tmp_path):
+    from icd_tune.method.teachers import teacher_identity
+    from icd_tune.platform.trainable import OutputCacheSpec, cached_teacher_outputs, own_teacher
+
+    study = load_study(PAPER_TABLE, [f"teachers_dir={tmp_path}"])
+    points = study.grid_points()
+    uses = teacher_uses(study.base, points)
+    teachers = {identity: object() for identity in uses}  # stand-ins: only which one is picked matters here
+    for point in points:
+        cfg = study.trial_config(point.seed, point.overrides)
+        assert own_teacher(cfg, None, teachers) is teachers[teacher_identity(cfg.teacher)]
+    cfg = study.trial_config(points[0].seed, points[0].overrides)
+    # A teacher whose cache is off (too large, say) trains from the live teacher: nothing is opened or built.
+    spec = OutputCacheSpec(folder=str(tmp_path / "caches"), dtype="float16", teachers=["another teacher"])
+    assert cached_teacher_outputs(cfg, None, None, spec) is None and not (tmp_path / "caches").exists()

@@ -69,8 +69,8 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
 
 
 def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_session):
-    """Protocol paper, two teachers from RepDistiller-format files through one template, each with its own
-    output cache, and published numbers beside the measured ones: one Ray run covers them all."""
+    """Protocol paper, two teachers from RepDistiller-format files through one template, and published numbers
+    beside the measured ones: one Ray run covers them all (the output cache is off: building it costs more here)."""
     import torch
 
     from icd_tune.method.models import create_model
@@ -83,7 +83,7 @@ def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_sessi
     path = tiny_study("paper", f"""
     protocol: paper
     teachers_dir: {tmp_path / "teachers"}
-    teacher: {{arch: resnet8, checkpoint: "{{teachers_dir}}/{{arch}}_vanilla/ckpt_epoch_240.pth", cache: on}}
+    teacher: {{arch: resnet8, checkpoint: "{{teachers_dir}}/{{arch}}_vanilla/ckpt_epoch_240.pth"}}
     mode: grid
     grid:
       pair:
@@ -116,8 +116,6 @@ def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_sessi
     teachers = json.loads(parent.data.tags["icd_tune.teacher"])["teachers"]
     assert sorted(t["path"] for t in teachers.values()) == sorted(
         str(tmp_path / "teachers" / f"{a}_vanilla" / "ckpt_epoch_240.pth") for a in ("resnet14", "resnet8"))
-    # Each teacher's own output cache, built once.
-    assert len({t["output_cache"] for t in teachers.values()}) == 2
     for run in client.search_runs([out["experiment_id"]], "tags.mlflow.parentRunId = '%s'" % out["parent_run_id"]):
         assert run.data.params["protocol"] == "paper" and run.data.params["data.val_fraction"] == "0.0"
         assert "selected on the test set" in run.data.tags["icd_tune.selection"]
