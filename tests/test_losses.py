@@ -102,6 +102,20 @@ def test_fixed_temperature_and_learnable_cap():
     assert learn.logit_scale().item() == pytest.approx(10.0)
 
 
+def test_frozen_scale_is_the_learnable_start_untrained_and_temperature_one_over_e():
+    frozen = ICDHead(4, 4, LossConfig(feat_dim=4, temperature="frozen"))
+    assert frozen.logit_scale().item() == pytest.approx(math.e, rel=1e-6)
+    assert not any(n in dict(frozen.named_parameters()) for n in ("theta", "bias"))
+    same = ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.36787944117144233))
+    assert same.logit_scale().item() == pytest.approx(frozen.logit_scale().item(), rel=1e-6)
+    # The value the docs quote, 0.36788, is the same scale to 1e-5.
+    assert ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.36788)).logit_scale().item() == pytest.approx(math.e, rel=1e-5)
+    learn = ICDHead(4, 4, LossConfig(feat_dim=4))
+    z = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert all(torch.equal(a, b) for a, b in zip(icd_terms(z, z.flip(0), frozen.logit_scale(), frozen.bias),
+                                                 icd_terms(z, z.flip(0), learn.logit_scale(), learn.bias)))
+
+
 def test_negatives_never_in_batch_and_distinct():
     g = torch.Generator().manual_seed(0)
     for _ in range(20):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -75,6 +76,61 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
     assert "diff vs 0" in out["report"]
     section = out["report"].split("## Transfer linear probe")[1].split("## ")[0]
     assert "transfer/synthetic/acc1" in section and section.count("(n=2)") == 2
+
+
+def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_session):
+    """Protocol paper, two teachers from RepDistiller-format files through one template, and published numbers
+    beside the measured ones: one Ray run covers them all (the output cache is off: building it costs more here)."""
+    import torch
+
+    from icd_tune.method.models import create_model
+
+    for arch, seed in (("resnet8", 1), ("resnet14", 2)):
+        torch.manual_seed(seed)
+        folder = tmp_path / "teachers" / f"{arch}_vanilla"
+        folder.mkdir(parents=True)
+        torch.save({"model": create_model(arch, 4).state_dict()}, folder / "ckpt_epoch_240.pth")
+    path = tiny_study("paper", f"""
+    protocol: paper
+    teachers_dir: {tmp_path / "teachers"}
+    teacher: {{arch: resnet8, checkpoint: "{{teachers_dir}}/{{arch}}_vanilla/ckpt_epoch_240.pth"}}
+    mode: grid
+    grid:
+      pair:
+        levels:
+          - {{label: resnet8->resnet8, set: {{teacher.arch: resnet8}}}}
+          - {{label: resnet14->resnet8, set: {{teacher.arch: resnet14}}}}
+      method:
+        levels:
+          - {{label: ICD+KD, set: {{loss.kd_weight: 1.0}}}}
+    reported:
+      resnet8->resnet8: {{teacher: 50.0, student: 40.0, ICD+KD: 45.5}}
+    """)
+    out = run_study(load_study(path, ["data.val_fraction=0"]), RunOptions(results_dir=str(tmp_path / "results")),
+                    log=lambda *_: None)
+    assert [t["status"] for t in out["trials"]] == ["completed", "completed"]
+    for record in out["trials"]:
+        final = record["final"]
+        assert "val/acc1" not in final and "test/acc1_at_best_val" not in final
+        assert final["test/best_acc1"] >= final["test/acc1"] and 1 <= final["test/best_epoch"] <= 2
+        arch = record["levels"]["pair"].split("->")[0]
+        assert record["params"]["teacher.checkpoint"] == str(tmp_path / "teachers" / f"{arch}_vanilla" / "ckpt_epoch_240.pth")
+    flat = " ".join(out["report"].split())
+    assert "Protocol: paper" in flat and "test/best_acc1 (selected on test)" in flat and "Best level" not in flat
+    measured = next(t["final"]["test/best_acc1"] for t in out["trials"] if t["levels"]["pair"] == "resnet8->resnet8")
+    assert (f"| resnet8->resnet8 | 50.00 | 40.00 | ICD+KD | {measured:.2f} +- n/a (n=1) | 45.50 | {measured - 45.5:+.2f} |"
+            in re.sub(" +", " ", out["report"]))
+    client = mlflow_client(out["tracking_uri"])
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["icd_tune.protocol"] == "paper" and not any(k.startswith("best/") for k in parent.data.metrics)
+    teachers = json.loads(parent.data.tags["icd_tune.teacher"])["teachers"]
+    assert sorted(t["path"] for t in teachers.values()) == sorted(
+        str(tmp_path / "teachers" / f"{a}_vanilla" / "ckpt_epoch_240.pth") for a in ("resnet14", "resnet8"))
+    for run in client.search_runs([out["experiment_id"]], "tags.mlflow.parentRunId = '%s'" % out["parent_run_id"]):
+        assert run.data.params["protocol"] == "paper" and run.data.params["data.val_fraction"] == "0.0"
+        assert "selected on the test set" in run.data.tags["icd_tune.selection"]
+        assert run.data.tags["icd_tune.student_weights"].startswith("best test/acc1 (selected on the test set")
+        assert len(client.get_metric_history(run.info.run_id, "test/best_acc1")) == 2
 
 
 def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):

@@ -105,7 +105,12 @@ def test_a_test_metric_is_refused_for_selection(tmp_path, call, metric):
 @pytest.mark.parametrize("study", sorted((Path(__file__).parents[1] / "ablations").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_studies_report_test_at_best_val(study):
-    settings = load_study(study).settings
+    loaded = load_study(study)
+    settings = loaded.settings
+    if loaded.base["protocol"] == "paper":  # the published table: reported as published, selected on nothing
+        assert settings.report_metric == settings.metric == "test/best_acc1" and loaded.settings.mode == "grid"
+        assert not settings.asha.enabled
+        return
     assert settings.report_metric == "test/acc1_at_best_val"
     check_selection_metric(settings.metric)
 
@@ -187,3 +192,29 @@ def test_fewer_than_three_pairs_print_no_interval_or_p(pairs):
     else:
         assert row[1].endswith(f"] (n={pairs})") and "not informative" not in row[1]
         assert all(0 <= float(c) <= 1 for c in row[3:])
+
+
+def paper_trial(level, seed, best, last):
+    record = trial(level, seed, 0.0)
+    record["final"] = {"test/best_acc1": best, "test/best_epoch": 7, "test/acc1": last}
+    return record
+
+
+def test_protocol_paper_labels_the_test_selected_number_and_picks_nothing(tmp_path):
+    trials = [paper_trial(0, s, 70.0 + s, 69.0 + s) for s in range(3)]
+    trials += [paper_trial(0.5, s, 72.0 + s, 70.0 + s) for s in range(3)]
+    text = render_report("paper", trials, [FACTOR], baseline=0, metric="test/best_acc1",
+                         selection_metric="test/best_acc1", protocol="paper")
+    flat = " ".join(text.split())
+    assert "Protocol: paper" in flat and "SELECTED ON THE TEST SET" in flat
+    assert "test/best_acc1 (selected on test)" in text and "test/acc1 (last epoch)" in text
+    assert "71.00 +- 1.00" in text and "73.00 +- 1.00" in text and "70.00 +- 1.00" in text
+    assert "Best level" not in text and "Best configurations" not in text
+    assert "+2.00" in text  # the seed-paired difference from the baseline
+    honest = render_report("honest", paired_trials({0.5: [1.0, 1.0, 1.0, 1.0, 1.0]}), [FACTOR], baseline=0)
+    assert "Protocol: validation" in honest and "Best level" in honest
+    # Selecting on a test metric stays refused under the validation protocol.
+    with pytest.raises(ValueError, match="measured on the test set"):
+        write_report(tmp_path, "x", trials, [], [FACTOR], metric="test/best_acc1", selection_metric="test/best_acc1")
+    assert (write_report(tmp_path, "x", trials, [], [FACTOR], metric="test/best_acc1", selection_metric="test/best_acc1",
+                         protocol="paper")["report.txt"]).is_file()

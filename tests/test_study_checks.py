@@ -87,6 +87,22 @@ REFUSED = [
     ("search mode without a space", BASE + "mode: search\n", [], "search", r"a search needs parameters"),
     ("baseline not a level", GRID, ["baseline=0.25"], "baseline", r"the baseline must be one of the first factor's levels \[0.0, 0.5\]"),
     ("baseline without a factor", BASE + "mode: grid\nbaseline: 0\n", [], "grid", r"mode: grid needs a grid"),
+    # protocols
+    ("a test metric selects under protocol validation", GRID, ["metric=test/acc1"], "metric",
+     r"selection never touches the test set"),
+    ("the paper's number under protocol validation", GRID, ["report_metric=test/best_acc1"], "report_metric",
+     r"only protocol paper reports the best test accuracy over epochs.*set protocol: paper"),
+    ("protocol paper keeps a validation split", GRID, ["protocol=paper"], "data.val_fraction",
+     r"protocol paper trains on every training image and holds out none"),
+    ("protocol paper searches", SEARCH, ["protocol=paper", "data.val_fraction=0"], "mode",
+     r"'search': protocol paper has no validation split .* tuning under it would select on the test set"),
+    ("protocol paper with ASHA", GRID, ["protocol=paper", "data.val_fraction=0", "asha.enabled=true"], "asha.enabled",
+     r"ASHA would stop trials by it"),
+    ("protocols differ across trials", GRID.replace(
+        "invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}",
+        "protocol: {levels: [{label: v, set: {protocol: validation}}, "
+        "{label: p, set: {protocol: paper, data.val_fraction: 0}}]}").replace("baseline: 0.0", "baseline: v"),
+     [], "protocol", r"trials plan different protocols \(paper, validation\)"),
 ]
 
 
@@ -132,12 +148,13 @@ def test_cli_exits_2_naming_file_key_and_value(tmp_path, capsys, label, text, se
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
-@pytest.mark.parametrize("loss,val_fraction", [
-    ({"kd_weight": 0.0, "contrastive_weight": 0.0, "invariance_weight": 0.0}, 0.2),  # cross-entropy only
-    ({"kd_weight": 1.0, "contrastive_weight": 0.0, "invariance_weight": 0.0}, 0.0),  # KD, no validation split
-    ({"kd_weight": 0.0, "contrastive_weight": 1.0, "invariance_weight": 0.0, "feat_dim": 8}, 0.2),  # contrastive
-], ids=["ce", "kd-no-val", "contrastive"])
-def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction):
+@pytest.mark.parametrize("loss,val_fraction,protocol", [
+    ({"kd_weight": 0.0, "contrastive_weight": 0.0, "invariance_weight": 0.0}, 0.2, "validation"),  # cross-entropy only
+    ({"kd_weight": 1.0, "contrastive_weight": 0.0, "invariance_weight": 0.0}, 0.0, "validation"),  # KD, no val split
+    ({"kd_weight": 0.0, "contrastive_weight": 1.0, "invariance_weight": 0.0, "feat_dim": 8}, 0.2, "validation"),
+    ({"kd_weight": 1.0, "contrastive_weight": 1.0, "invariance_weight": 0.5, "feat_dim": 8}, 0.0, "paper"),
+], ids=["ce", "kd-no-val", "contrastive", "paper"])
+def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction, protocol):
     import torch
 
     from icd_tune.method.data import load_data
@@ -147,9 +164,43 @@ def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction):
 
     base = {"student": "resnet8", "data": {"name": "synthetic", "num_train": 64, "num_test": 16, "num_classes": 4,
                                            "val_fraction": val_fraction},
-            "optim": {"epochs": 1, "batch_size": 16}, "loss": loss, "max_steps_per_epoch": 1, "device": "cpu"}
+            "optim": {"epochs": 1, "batch_size": 16}, "loss": loss, "max_steps_per_epoch": 1, "device": "cpu",
+            "protocol": protocol}
     cfg = trial_config(base, {}, 0)
     torch.manual_seed(0)
     teacher = create_model("resnet8", 4).eval() if cfg.loss.uses_teacher else None
     (metrics,) = Trainer(cfg, load_data(cfg.data), teacher).epochs()
     assert set(metrics) == set(trial_metrics(cfg))
+
+
+def test_protocol_paper_reports_the_best_test_accuracy_and_selects_nothing(tmp_path):
+    study = load_study(write(tmp_path, GRID.replace(", val_fraction: 0.2", "")), ["protocol=paper"])
+    assert study.settings.metric == study.settings.report_metric == "test/best_acc1"
+    cfg = study.trial_config(0, {})
+    assert cfg.protocol == "paper" and cfg.data.val_fraction == 0.0
+    assert "test/best_acc1" in trial_metrics(cfg) and "val/acc1" not in trial_metrics(cfg)
+    honest = load_study(write(tmp_path, GRID), [])
+    assert honest.settings.metric == "val/acc1" and honest.settings.report_metric == "test/acc1_at_best_val"
+    assert "test/best_acc1" not in trial_metrics(honest.trial_config(0, {}))
+
+
+@pytest.mark.parametrize("student,lr,expected", [
+    ("resnet8x4", "auto", 0.05), ("MobileNetV2", "auto", 0.01), ("ShuffleV1", "auto", 0.01),
+    ("ShuffleV2", "auto", 0.01), ("wrn_16_2", "auto", 0.05), ("ShuffleV2", 0.03, 0.03)])
+def test_lr_auto_follows_the_student(student, lr, expected):
+    from icd_tune.method.config import TrialConfig, resolve_lr
+
+    cfg = TrialConfig.from_dict({"student": student, "optim": {"lr": lr}})
+    assert resolve_lr(cfg.optim.lr, cfg.student) == expected
+    assert TrialConfig().optim.lr == "auto"
+
+
+@pytest.mark.parametrize("protocol", ["validation", "paper"])
+def test_quickstart_plans_under_both_protocols(capsys, protocol):
+    from pathlib import Path
+
+    quickstart = Path(__file__).resolve().parents[1] / "ablations" / "quickstart.yaml"
+    assert main([str(quickstart), "--dry-run", "--set", f"protocol={protocol}"]) == 0
+    out = capsys.readouterr().out
+    assert f"# protocol {protocol}:" in out
+    assert ("metric: test/best_acc1" in out) == (protocol == "paper")

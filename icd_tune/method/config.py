@@ -16,6 +16,20 @@ from .transfer_config import TransferConfig
 
 DATASETS = ("cifar100", "digits", "synthetic")
 
+# `validation`: a held-out share of the training set selects epochs, levels and configurations;
+# `paper`: all training images, and each trial's best test accuracy over its epochs, as published.
+PROTOCOLS = ("validation", "paper")
+# `optim.lr: auto` is 0.05, except for these students, trained at 0.01 in the published recipe.
+LOW_LR_ARCHS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+AUTO_LR, LOW_LR = 0.05, 0.01
+
+
+def resolve_lr(lr: Union[str, float], arch: str) -> float:
+    """The learning rate ``optim.lr`` means for a model ``arch``: a number as given, ``auto`` by the architecture."""
+    if lr == "auto":
+        return LOW_LR if arch in LOW_LR_ARCHS else AUTO_LR
+    return float(lr)
+
 
 @dataclass
 class DataConfig:
@@ -60,8 +74,13 @@ class LossConfig:
     contrastive_weight: float = 1.0
     invariance_weight: float = 0.5
     kd_temperature: float = 4.0
-    # `learnable` (scale = exp(theta), theta from 1, capped at 10) or a fixed temperature.
-    temperature: Union[Literal["learnable"], float] = "learnable"
+    # How the ICD logits are scaled (logits = scale * cosine + bias):
+    #   `learnable`: scale = exp(theta), theta trained from 1 (scale e), capped at 10, plus a trained bias;
+    #     the published CIFAR-100 table's setting.
+    #   `frozen`: the same scale left untrained at its initial value e (T = 1/e = 0.36788), bias 0;
+    #     what the authors' ImageNet script does. Equal to temperature 0.36787944117144233.
+    #   a number T: a fixed temperature, scale = 1/T, bias 0 (logits are divided by T).
+    temperature: Union[Literal["learnable", "frozen"], float] = "learnable"
     feat_dim: int = 128
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
@@ -70,8 +89,9 @@ class LossConfig:
             value = getattr(self, name)
             require(math.isfinite(value) and value >= 0, f"bad value {value!r}: loss weights must be finite and >= 0", join_path(path, name))
         require(self.kd_temperature > 0, f"bad value {self.kd_temperature!r}: expected a temperature > 0", join_path(path, "kd_temperature"))
-        if self.temperature != "learnable":
-            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected 'learnable' or a temperature > 0", join_path(path, "temperature"))
+        if self.temperature not in ("learnable", "frozen"):
+            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected "
+                    f"'learnable', 'frozen' or a temperature > 0", join_path(path, "temperature"))
         require(self.feat_dim >= 1, f"bad value {self.feat_dim!r}: expected a positive integer", join_path(path, "feat_dim"))
 
     @property
@@ -87,7 +107,8 @@ class LossConfig:
 class OptimConfig:
     epochs: int = 240
     batch_size: int = 64
-    lr: float = 0.05
+    # `auto`: 0.05, or 0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 (see resolve_lr); a number overrides it.
+    lr: Union[Literal["auto"], float] = "auto"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     # Step decay points as fractions of the epoch budget: 150/180/210 of 240.
@@ -97,7 +118,9 @@ class OptimConfig:
     def validate(self, path: str) -> None:
         require(self.epochs >= 1, f"bad value {self.epochs!r}: expected at least 1 epoch", join_path(path, "epochs"))
         require(self.batch_size >= 2, f"bad value {self.batch_size!r}: expected a batch size of at least 2 (contrastive terms need negatives)", join_path(path, "batch_size"))
-        require(self.lr > 0, f"bad value {self.lr!r}: expected lr > 0", join_path(path, "lr"))
+        if self.lr != "auto":
+            require(math.isfinite(self.lr) and self.lr > 0, f"bad value {self.lr!r}: expected 'auto' or an lr > 0",
+                    join_path(path, "lr"))
         require(0 <= self.momentum < 1, f"bad value {self.momentum!r}: expected 0 <= momentum < 1", join_path(path, "momentum"))
         require(self.weight_decay >= 0, f"bad value {self.weight_decay!r}: expected weight_decay >= 0", join_path(path, "weight_decay"))
         for i, m in enumerate(self.milestones):
@@ -141,6 +164,9 @@ class TrialConfig:
     # The distiller, by its registered name (icd_tune/method/distillers). KD, plain
     # contrastive distillation and CE training are loss-weight settings of "icd".
     method: str = "icd"
+    # `validation` (select on a held-out split, report test at the best validation epoch) or
+    # `paper` (no validation split; report the best test accuracy over epochs, selected on test).
+    protocol: Literal["validation", "paper"] = "validation"
     student: str = "resnet8x4"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -166,13 +192,27 @@ class TrialConfig:
         if self.max_steps_per_epoch is not None:
             require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer or null", join_path(path, "max_steps_per_epoch"))
         require(self.eval_every >= 1, f"bad value {self.eval_every!r}: expected a positive integer", join_path(path, "eval_every"))
+        if self.protocol == "paper":
+            require(self.data.val_fraction == 0, f"bad value {self.data.val_fraction!r}: protocol paper trains on every "
+                    f"training image and holds out none; set data.val_fraction: 0 or leave it out (it defaults to 0 "
+                    f"under protocol paper), or use protocol: validation", join_path(join_path(path, "data"), "val_fraction"))
 
     @classmethod
     def from_dict(cls, data: dict, path: str = "") -> "TrialConfig":
-        return from_dict(cls, data, path)
+        return from_dict(cls, with_protocol_defaults(data), path)
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def with_protocol_defaults(data: dict) -> dict:
+    """Plain trial data with the defaults its protocol implies: ``paper`` holds out no validation split."""
+    if not isinstance(data, dict) or data.get("protocol") != "paper":
+        return data
+    section = data.get("data")
+    if section is None or (isinstance(section, dict) and "val_fraction" not in section):
+        return {**data, "data": {**(section or {}), "val_fraction": 0.0}}
+    return data
 
 
 __all__ = [

@@ -121,7 +121,9 @@ class ICDHead(nn.Module):
             self.theta = nn.Parameter(torch.tensor(INITIAL_THETA))
             self.bias = nn.Parameter(torch.tensor(0.0))
         else:
-            self.register_buffer("theta", torch.tensor(math.log(1.0 / float(cfg.temperature))))
+            # `frozen` keeps the learnable scale's starting point, untrained: scale e, T = 1/e.
+            theta = INITIAL_THETA if cfg.temperature == "frozen" else math.log(1.0 / float(cfg.temperature))
+            self.register_buffer("theta", torch.tensor(theta))
             self.register_buffer("bias", torch.tensor(0.0))
         self.source = cfg.negatives.source
         self.count = cfg.negatives.count

@@ -50,6 +50,18 @@ def teacher_key(cfg: TeacherConfig, data: DataBundle, augment: bool = True) -> s
     return f"{cfg.arch}-{data.name}-{digest}"
 
 
+def teacher_identity(cfg: TeacherConfig) -> str:
+    """One string per distinct teacher a study uses: its checkpoint file, or the recipe that trains it.
+
+    Trials whose teachers share it share one loaded (or trained) teacher and its output cache.
+    """
+    if cfg.checkpoint:
+        return f"{cfg.arch}@{Path(cfg.checkpoint).expanduser().resolve()}"
+    recipe = {"optim": to_dict(cfg.optim), "seed": cfg.seed, "max_steps_per_epoch": cfg.max_steps_per_epoch}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.arch}@trained-{digest}"
+
+
 def teacher_cache_path(cfg: TeacherConfig, data: DataBundle, cache_dir: str | Path | None = None, augment: bool = True) -> Path:
     root = Path(cache_dir or cfg.cache_dir or Path("results") / "teachers")
     return root / f"{teacher_key(cfg, data, augment)}.pt"

@@ -82,6 +82,10 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
     print(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None).rstrip(), file=out)
     print("", file=out)
     epochs = study.max_epochs()
+    from .report.paper import PROTOCOL_TEXT
+
+    protocol = study.base.get("protocol", "validation")
+    print(f"# protocol {PROTOCOL_TEXT[protocol]}", file=out)
     if settings.mode == "grid":
         points = study.grid_points()
         print(f"# trial plan: grid, {len(points)} trials x {epochs} epochs = {len(points) * epochs} trial-epochs"
@@ -101,12 +105,56 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
         for key, spec in study.space.items():
             print(f"  {key}: {spec}", file=out)
     _print_cache_plan(study, out, on_cluster)
+    if _print_teachers(study, out):
+        return
     teacher = study.base["teacher"]
     if teacher.get("checkpoint"):
         print(f"# teacher: {teacher['arch']} loaded from {teacher['checkpoint']}", file=out)
     else:
         print(f"# teacher: {teacher['arch']} trained once with cross-entropy for {teacher['optim']['epochs']} epochs "
               f"(cached and reused)", file=out)
+
+
+def _print_teachers(study, out) -> bool:
+    """A study of several teachers or with published numbers: each teacher (missing ones marked), the published
+    table and a GPU-hours estimate. False for a single-teacher study, which prints its one teacher line."""
+    from .gpu_estimate import estimate_lines
+    from .published import published_lines
+    from .teacher_set import teacher_uses
+
+    points = study.grid_points() if study.settings.mode == "grid" else [study.first_point()]
+    uses = teacher_uses(study.base, points)
+    if len(uses) < 2 and not study.settings.reported:
+        return False
+    from ..method.data import num_classes, train_size
+    from ..method.models import feature_dim
+    from ..method.output_cache import cache_size_bytes
+    from ..method.teacher_outputs import decide_cache
+
+    seeds = len(study.settings.seeds)
+    print(f"# study points: {len(points) // seeds} x {seeds} seed(s) = {len(points)} trials", file=out)
+    missing = sum(u.missing for u in uses.values())
+    print(f"# teachers: {len(uses)}, each loaded once and shared by the trials that use it, with its own output cache"
+          + (f"; {missing} checkpoint(s) MISSING (a real run refuses to start, exit status 2)" if missing else ""),
+          file=out)
+    data_cfg = study.trial_config(points[0].seed, points[0].overrides).data
+    for use in uses.values():
+        where = use.cfg.checkpoint or "trained once with cross-entropy (cached and reused)"
+        flag = "MISSING " if use.missing else ""
+        size = cache_size_bytes(train_size(data_cfg), feature_dim(use.cfg.arch), num_classes(data_cfg),
+                                use.cfg.cache_dtype)
+        cached = decide_cache(use.cfg.cache, data_cfg.augment, size, use.cfg.cache_memory_budget_gb)[0]
+        print(f"#   {use.cfg.arch:12s} {len(use.trials):3d} trial(s)  output cache {'on ' if cached else 'off'} "
+              f"{size / 2**30:5.2f} GiB  {flag}{where}", file=out)
+    if study.settings.mode == "grid":
+        for line in estimate_lines(study):
+            print(line, file=out)
+    methods = [str(label) for label, _ in study.factors[1].levels] if len(study.factors) > 1 else []
+    lines = published_lines(study.settings, [f.name for f in study.factors], methods, [], study.settings.report_metric)
+    if lines:
+        print("", file=out)
+        print("\n".join(lines), file=out)
+    return True
 
 
 def _print_cache_plan(study, out, on_cluster: bool = False) -> None:

@@ -106,7 +106,8 @@ def substitute_data(setup: SmokeSetup, settings: StudySettings) -> None:
 
 
 def substitute_teacher(setup: SmokeSetup) -> None:
-    checkpoint = setup.base["teacher"].get("checkpoint")
+    # The smoke trial's own checkpoint: a template names one per teacher.arch.
+    checkpoint = trial_config(setup.base, setup.point.overrides, setup.point.seed).teacher.checkpoint
     if checkpoint and not Path(checkpoint).expanduser().is_file():
         setup.base["teacher"] = {**setup.base["teacher"], "checkpoint": None}
         epochs = setup.base["teacher"]["optim"]["epochs"]

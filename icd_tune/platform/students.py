@@ -3,7 +3,9 @@
 The file is RepDistiller's checkpoint layout, ``{'model': state_dict}``, which
 ``create_model(arch, num_classes).load_state_dict(torch.load(f, weights_only=True)['model'])``
 loads strictly. The weights are those of the epoch of best ``val/acc1`` when the trial has a
-validation split (the epoch its ``test/acc1_at_best_val`` belongs to), else the last epoch's.
+validation split (the epoch its ``test/acc1_at_best_val`` belongs to); under protocol paper those
+of the epoch of best ``test/acc1`` (its ``test/best_acc1``, selected on the test set and tagged
+so); else the last epoch's.
 Read on the driver from the trial's latest Ray checkpoint, wherever the experiment storage
 is; workers never touch the tracking store.
 """
@@ -26,6 +28,9 @@ def student_state(checkpoint, checkpoint_file: str) -> tuple[dict, str] | None:
         if not path.exists():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("best_student") is not None and state.get("best_selected_on") == "test":
+        return state["best_student"], (f"best test/acc1 (selected on the test set, protocol paper), epoch "
+                                       f"{state['best_test_epoch']} (checkpoint of epoch {state['epoch']})")
     if state.get("best_student") is not None:
         return state["best_student"], f"best val/acc1, epoch {state['best_val_epoch']} (checkpoint of epoch {state['epoch']})"
     return state["student"], f"last epoch of the checkpoint, epoch {state['epoch']} (no validation split)"

@@ -20,9 +20,11 @@ from ..method.config import TrialConfig
 from ..method.data import train_size
 from ..method.losses import check_negative_count
 from ..method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
-from .study_checks import check_modes, check_trials
+from .study_checks import check_modes, check_protocol, check_trials, protocol_defaults
 from .study_settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .study_yaml import check_override_key, load_with_extends, parse_override, read_yaml
+from .published import check_reported
+from .teacher_set import expand_teachers_dir
 from .trials import TrialPoint, set_path, short_name, trial_config
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -117,6 +119,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def build_study(data: dict, path: Path) -> Study:
     check_keys(data, TRIAL_KEYS + STUDY_KEYS, "")
+    expand_teachers_dir(data)
     if "seed" in data:
         raise ConfigError("unknown key 'seed'; did you mean 'seeds'? a study lists its seeds", "seed")
     seeds = data.get("seeds", [0])
@@ -125,17 +128,19 @@ def build_study(data: dict, path: Path) -> Study:
     for i, s in enumerate(seeds):
         if isinstance(s, bool) or not isinstance(s, int):
             raise ConfigError(f"bad value {s!r}: seeds must be integers", f"seeds[{i}]")
-    settings = from_dict(StudySettings, {k: v for k, v in data.items() if k in STUDY_KEYS})
+    settings = from_dict(StudySettings, {k: v for k, v in protocol_defaults(data).items() if k in STUDY_KEYS})
     check_modes(settings, data)
     base = {k: copy.deepcopy(v) for k, v in data.items() if k in TRIAL_KEYS}
     # Validate the defaults alone first: errors then point at the study file's own keys.
     defaults = TrialConfig.from_dict({**base, "seed": settings.seeds[0]})
+    check_protocol(settings, defaults.protocol)
     base_plain = to_dict(defaults)
     base_plain.pop("seed")
     factors = _parse_factors(settings.grid, settings) if settings.mode == "grid" else []
     space = _parse_space(settings, path) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
     check_trials(settings, _validate_points(study))
+    check_reported(study)
     return study
 
 

@@ -16,8 +16,9 @@ from typing import Sequence
 from ..method.config import TrialConfig
 from ..method.data import val_size
 from ..method.schema import ConfigError, suggest
-from .metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, TRAIN_LOGIT_SCALE, TRAIN_LOSS, TRANSFER_PREFIX,
-                      metric_direction, trainer_metrics, transfer_metrics, trial_metrics)
+from .metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1, TRAIN_LOGIT_SCALE,
+                      TRAIN_LOSS, TRANSFER_PREFIX, VAL_ACC1, metric_direction, trainer_metrics, transfer_metrics,
+                      trial_metrics)
 from .study_settings import StudySettings
 
 # (display name, resolved config) of every trial a grid plans, or of corners of a search space.
@@ -47,7 +48,37 @@ def check_modes(settings: StudySettings, data: dict) -> None:
                           f"over seeds)", "seeds")
 
 
+def protocol_defaults(data: dict) -> dict:
+    """Study data with the defaults of its protocol: under ``paper``, metric and report_metric are test/best_acc1."""
+    if data.get("protocol") != "paper":
+        return data
+    return {"metric": TEST_BEST_ACC1, "report_metric": TEST_BEST_ACC1, **data}
+
+
+def check_protocol(settings: StudySettings, protocol: str) -> None:
+    """What each protocol allows: selection on the test set never, and under ``paper`` nothing that selects."""
+    if protocol != "paper":
+        if settings.metric.startswith("test/"):
+            raise ConfigError(f"bad value {settings.metric!r}: search, ASHA and the report select on this metric, and "
+                              f"selection never touches the test set; use a validation metric such as {VAL_ACC1} "
+                              f"(protocol paper reports test/best_acc1 and selects nothing)", "metric")
+        return
+    why = ("protocol paper has no validation split and reports each trial's best test accuracy (selected on the "
+           "test set, as published); tuning under it would select on the test set")
+    if settings.mode == "search":
+        raise ConfigError(f"bad value 'search': {why}; run a grid under protocol paper, or search under protocol: "
+                          f"validation", "mode")
+    if settings.asha.enabled:
+        raise ConfigError(f"bad value True: {why}, and ASHA would stop trials by it; set asha.enabled: false, or use "
+                          f"protocol: validation", "asha.enabled")
+
+
 def check_trials(settings: StudySettings, trials: Trials) -> None:
+    protocols = {cfg.protocol for _, cfg in trials}
+    if len(protocols) > 1:
+        raise ConfigError(f"trials plan different protocols ({', '.join(sorted(protocols))}); the protocol decides "
+                          f"the data split and what is reported, so one study runs one: set it at the top level",
+                          "protocol")
     check_metric_name(settings, trials)
     for key in ("metric", "report_metric"):
         for name, cfg in trials:
@@ -61,7 +92,9 @@ def check_metric_name(settings: StudySettings, trials: Trials) -> None:
     known = list(trainer_metrics())
     known += sorted({m for _, cfg in trials for m in trial_metrics(cfg) + transfer_metrics(cfg)} - set(known))
     metric = settings.metric
-    selectable = [m for m in known if metric_direction(m) and not m.startswith(("test/", TRANSFER_PREFIX))]
+    paper = any(cfg.protocol == "paper" for _, cfg in trials)
+    selectable = [m for m in known if metric_direction(m) and not m.startswith(TRANSFER_PREFIX)
+                  and (paper or not m.startswith("test/"))]
     if metric not in known:
         raise ConfigError(f"bad value {metric!r}: not a metric the trainer reports{suggest_metric(metric, selectable)}",
                           "metric")
@@ -96,6 +129,9 @@ def check_reported(metric: str, key: str, trial: str, cfg: TrialConfig) -> None:
     if metric.startswith(TRANSFER_PREFIX):
         probed = ", ".join(cfg.transfer.datasets) if cfg.transfer is not None else "none: it has no transfer: block"
         raise ConfigError(f"{prefix}: its transfer probe's targets are {probed}", key)
+    if metric in PAPER_ONLY:
+        raise ConfigError(f"{prefix}: only protocol paper reports the best test accuracy over epochs (this trial runs "
+                          f"protocol {cfg.protocol}, which reports test/acc1_at_best_val); set protocol: paper", key)
     if metric.startswith("val/") or metric in NEEDS_VALIDATION:
         raise ConfigError(f"{prefix}: it has no validation split (data.val_fraction {cfg.data.val_fraction} holds "
                           f"out {val_size(cfg.data)} training images); set data.val_fraction > 0, e.g. 0.1, since "

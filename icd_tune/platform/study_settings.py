@@ -70,6 +70,7 @@ class StudySettings:
     baseline: Any = None
     search: SearchConfig = field(default_factory=SearchConfig)
     asha: AshaConfig = field(default_factory=AshaConfig)
+    # Under protocol paper both default to test/best_acc1 (study_checks.protocol_defaults).
     metric: str = VAL_ACC1
     metric_mode: Literal["max", "min"] = "max"
     report_metric: str = TEST_ACC1_AT_BEST_VAL
@@ -86,12 +87,16 @@ class StudySettings:
     # Refuse to start with less free disk than this (or than the study's own estimate).
     min_free_gb: float = 1.0
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    # Fills {teachers_dir} in teacher.checkpoint (with {arch}, each trial's teacher.arch): where the
+    # teacher checkpoints are, e.g. RepDistiller's save/models. Relative to the working directory.
+    teachers_dir: Optional[str] = None
+    # Published numbers to print beside the measured ones (paper_table.yaml): first grid factor's
+    # level -> {teacher: %, student: %, <second factor's level>: %, ...}; see report.published.
+    reported: dict = field(default_factory=dict)
+    reported_source: str = ""
 
     def validate(self, path: str) -> None:
         require(bool(self.name), "required key is missing: every study needs a name", join_path(path, "name"))
-        require(not self.metric.startswith("test/"),
-                f"bad value {self.metric!r}: search, ASHA and the report select on this metric, and selection never "
-                f"touches the test set; use a validation metric such as {VAL_ACC1}", join_path(path, "metric"))
         require(not self.metric.startswith("transfer/"),
                 f"bad value {self.metric!r}: transfer accuracies are measured on each target's test split after the "
                 f"last epoch, so nothing may select on them; they are reported beside the study's metric",

@@ -31,10 +31,12 @@ class OutputCacheSpec:
 
     folder: str
     dtype: str
+    # The teachers (method.teachers.teacher_identity) whose cache is on; None: the study's one teacher.
+    teachers: list[str] | None = None
 
 
 def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings: TrialRunSettings | None = None,
-                  output_cache: OutputCacheSpec | None = None):
+                  output_cache: OutputCacheSpec | None = None, teachers: dict | None = None):
     import torch
     from ray import tune
 
@@ -42,6 +44,7 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
 
     point = point_of(config, run_settings.seeds[0])
     cfg = trial_config(base, point.overrides, point.seed)
+    teacher = own_teacher(cfg, teacher, teachers)
     torch.set_num_threads(max(1, int(run_settings.cpus_per_trial)))
     outputs = cached_teacher_outputs(cfg, data, teacher, output_cache, run_settings.gpus_per_trial)
     trainer = Trainer(cfg, data, teacher, teacher_outputs=outputs)
@@ -55,10 +58,24 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     report_epochs(trainer, run_settings)
 
 
+def own_teacher(cfg, teacher, teachers: dict | None):
+    """This trial's teacher among a study's several (by identity), else the study's one."""
+    if not teachers or not cfg.loss.uses_teacher:
+        return teacher
+    from ..method.teachers import teacher_identity
+
+    return teachers[teacher_identity(cfg.teacher)]
+
+
 def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | None, gpus_per_trial: float = 1.0):
     """The teacher's outputs read from this node's cache, or None for the live teacher."""
     if output_cache is None or not cfg.loss.uses_teacher:
         return None
+    if output_cache.teachers is not None:
+        from ..method.teachers import teacher_identity
+
+        if teacher_identity(cfg.teacher) not in output_cache.teachers:
+            return None  # this teacher's cache is off (too large for the budget, say)
     from ..method.device import resolve_device
     from ..method.output_cache import get_or_build_cache
     from ..method.teacher_outputs import CachedTeacher

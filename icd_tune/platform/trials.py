@@ -54,11 +54,13 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
 
 def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
     """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set."""
+    from .teacher_set import expand_arch
+
     data = copy.deepcopy(dict(base))
     for key, value in (overrides.items() if isinstance(overrides, Mapping) else overrides):
         set_path(data, key, value)
     data["seed"] = seed
-    return data
+    return expand_arch(data)  # a checkpoint template names each trial's own teacher
 
 
 def trial_config(base: Mapping, overrides: Overrides, seed: Any) -> TrialConfig:

@@ -56,8 +56,8 @@ def _safe_name(name: str) -> str:
 def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping],
                  history: Sequence[Mapping], factors: Iterable[str] | None, baseline: Any = None,
                  metric: str = "test/acc1_at_best_val", mode: str = "max",
-                 selection_metric: str = "val/acc1", notice: str | None = None,
-                 search_keys: Iterable[str] | None = None) -> dict[str, Path]:
+                 selection_metric: str = "val/acc1", notice: str | None = None, protocol: str = "validation",
+                 extra: Sequence[str] = (), search_keys: Iterable[str] | None = None) -> dict[str, Path]:
     """Write report.txt, trials/history Parquet, factor plots and learning curves.
 
     ``metric`` is the reported test number (plotted per factor);
@@ -69,8 +69,13 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     or a dict factor -> level. ``notice`` (e.g. why the run was cut short) heads the report.
     Factor importance (``importance.json``, ``importance.png`` where computed) covers the grid's
     factors, or a search's ``search_keys``.
+    Under ``protocol`` ``paper`` nothing is selected: ``metric`` (test/best_acc1) is labelled as
+    selected on test, and learning curves plot test/acc1. ``extra``: more report lines (e.g. the
+    comparison with published numbers).
     """
-    check_selection_metric(selection_metric)
+    paper = protocol == "paper"
+    if not paper:
+        check_selection_metric(selection_metric)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = list(trials or [])
@@ -82,7 +87,8 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
     keys = list(search_keys) if search_keys else factors
     importance = compute_importance(trials, keys, selection_metric, mode, from_levels=not search_keys)
     report.write_text(render_report(study_name, trials, factors, baseline=baseline, metric=metric,
-                                    mode=mode, selection_metric=selection_metric, notice=notice)
+                                    mode=mode, selection_metric=selection_metric, notice=notice,
+                                    protocol=protocol, extra=extra)
                       + "\n\n" + render_importance(importance) + "\n", encoding="utf-8")
     paths[report.name] = report
     importance_path = out_dir / IMPORTANCE_FILE
@@ -99,6 +105,6 @@ def write_report(out_dir: str | Path, study_name: str, trials: Sequence[Mapping]
                           baseline=_baseline_for(baseline, factor))
         paths[png.name] = png
     curves = plot_learning_curves(history, trials, out_dir / "learning_curves.png",
-                                  metric=selection_metric)
+                                  metric="test/acc1" if paper else selection_metric)
     paths[curves.name] = curves
     return paths

@@ -27,6 +27,7 @@ from .stats import (
 )
 
 from .transfer import transfer_section
+from .paper import paper_factor_lines, paper_method_lines, protocol_lines
 
 _AT_BEST_VAL = "_at_best_val"
 
@@ -296,16 +297,21 @@ def _method_lines(trials, metric, selection_metric, mode, compared: bool) -> lis
 
 def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[str] | None,
                   baseline: Any = None, metric: str = "test/acc1_at_best_val", mode: str = "max",
-                  selection_metric: str = "val/acc1", notice: str | None = None) -> str:
+                  selection_metric: str = "val/acc1", notice: str | None = None, protocol: str = "validation",
+                  extra: Sequence[str] = ()) -> str:
     """Plain-text, markdown-compatible report of a study.
 
     ``baseline`` is a level value applied to every factor that has it, or a
     dict factor -> level. Levels and configurations are selected on
     ``selection_metric`` in direction ``mode`` (a validation metric; a test
-    metric raises ValueError); ``metric`` is the reported test number.
+    metric raises ValueError); ``metric`` is the reported test number. Under
+    ``protocol`` ``paper`` nothing is selected and ``metric`` is labelled as
+    selected on test (``report.paper``). ``extra`` lines follow the factor tables.
     """
     _check_mode(mode)
-    check_selection_metric(selection_metric)
+    paper = protocol == "paper"
+    if not paper:
+        check_selection_metric(selection_metric)
     trials = list(trials)
     factors = list(factors or [])
     statuses = [t.get("status") for t in trials]
@@ -321,15 +327,23 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
     lines = [f"# Study report: {study_name}", ""]
     if notice:
         lines += [w for w in textwrap.wrap(notice, 100, subsequent_indent="  ")] + [""]
+    lines += protocol_lines(protocol)
     lines += [counts, ""]
-    lines += _method_lines(trials, metric, selection_metric, mode, compared)
+    if paper:
+        lines += paper_method_lines(metric, compared)
+    else:
+        lines += _method_lines(trials, metric, selection_metric, mode, compared)
 
     for factor in factors:
-        lines += _factor_section(trials, factor, _baseline_for(baseline, factor),
-                                 metric, selection_metric, mode)
-
+        if paper:
+            lines += paper_factor_lines(trials, factor, _baseline_for(baseline, factor), metric)
+        else:
+            lines += _factor_section(trials, factor, _baseline_for(baseline, factor),
+                                     metric, selection_metric, mode)
     lines += transfer_section(trials, factors, _md_table)
-    lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)
+    lines += list(extra)
+    if not paper:
+        lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)
     lines += _stopped_section(trials, selection_metric)
     lines += _unfinished_section(trials, selection_metric)
     lines += _failed_section(trials)

@@ -149,6 +149,12 @@ class StudyPlan:
         return [first, *(Experiment(a["name"], [p for p in self.points if p.name in names], 0)
                          for a, names in zip(additions, later))]
 
+    def teacher_uses(self) -> dict:
+        """Identity -> ``teacher_set.TeacherUse`` of every distinct teacher the planned trials use (a search: trial0's)."""
+        from ..teacher_set import teacher_uses
+
+        return teacher_uses(self.base, self.points or [self.study.first_point()])
+
     def run_settings(self) -> TrialRunSettings:
         return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
                                 checkpoint_every=self.settings.checkpoint_every, gpus_per_trial=self.gpus,

@@ -35,6 +35,8 @@ class Prepared:
     hosts: set[str]  # the Ray cluster's live hosts
     teacher: nn.Module | None = None  # frozen, on the CPU; None when no trial needs one
     teacher_info: dict = field(default_factory=lambda: {"source": "none"})
+    # Every distinct teacher the trials use (method.teachers.teacher_identity -> model), each prepared once.
+    teachers: dict = field(default_factory=dict)
     output_cache: OutputCacheSpec | None = None
     growth: Growth = field(default_factory=lambda: Growth(False, "not checked"))
 
@@ -54,9 +56,25 @@ def prepare(plan: StudyPlan, log: Log) -> Prepared:
     announce(plan, log)
     prepared = Prepared(data=data, hosts=hosts, growth=growth)
     if plan.needs_teacher:
-        prepared.teacher, prepared.teacher_info = load_teacher(plan, data, log)
+        load_teachers(plan, prepared, log)
         prepared.output_cache = prepare_output_cache(plan, prepared, log)
     return prepared
+
+
+def load_teachers(plan: StudyPlan, prepared: Prepared, log: Log) -> None:
+    """Each distinct teacher once; trial0's (or the first) is ``prepared.teacher``, as a single-teacher study has it."""
+    from ...method.teachers import teacher_identity
+
+    uses = plan.teacher_uses() or {teacher_identity(plan.trial0.teacher): None}
+    infos = {}
+    for identity, use in uses.items():
+        cfg = use.cfg if use is not None else plan.trial0.teacher
+        if len(uses) > 1:
+            log(f"teacher {cfg.arch} ({len(use.trials)} trial(s)): {cfg.checkpoint or 'trained once'}")
+        prepared.teachers[identity], infos[identity] = load_teacher(plan, prepared.data, log, cfg)
+    first = teacher_identity(plan.trial0.teacher)
+    prepared.teacher = prepared.teachers.get(first, next(iter(prepared.teachers.values())))
+    prepared.teacher_info = infos.get(first, next(iter(infos.values()))) if len(infos) == 1 else {"teachers": infos}
 
 
 def check_inputs(plan: StudyPlan) -> DataBundle:
@@ -64,8 +82,13 @@ def check_inputs(plan: StudyPlan) -> DataBundle:
     from ...method.data import load_data, num_classes, train_size
     from ...method.teachers import load_teacher_checkpoint
 
+    from ..teacher_set import check_checkpoints
+
     trial0 = plan.trial0
-    if trial0.teacher.checkpoint:
+    # Every trial's checkpoint, all missing ones named at once, before the data is downloaded.
+    uses = plan.teacher_uses()
+    check_checkpoints(uses, num_classes(trial0.data))
+    if trial0.teacher.checkpoint and not uses:
         load_teacher_checkpoint(trial0.teacher.checkpoint, trial0.teacher.arch, num_classes(trial0.data))
     data = load_data(trial0.data)  # a missing dataset fails here, before anything is written
     if trial0.transfer is not None:
@@ -171,11 +194,15 @@ def driver_device(plan: StudyPlan) -> str:
     return plan.trial0.device if plan.gpus else "cpu"
 
 
-def load_teacher(plan: StudyPlan, data: DataBundle, log: Log) -> tuple[nn.Module, dict]:
+def load_teacher(plan: StudyPlan, data: DataBundle, log: Log, teacher_cfg=None) -> tuple[nn.Module, dict]:
+    import dataclasses
+
     from ...method.device import resolve_device
     from ...method.teachers import get_teacher, teacher_test_acc1
 
     trial0 = plan.trial0
+    if teacher_cfg is not None:
+        trial0 = dataclasses.replace(trial0, teacher=teacher_cfg)
     train_fn = None
     if trains_teacher_remotely(plan):
         train_fn = remote_teacher_training(trial0, data, plan.cpus, 1 if plan.gpus else 0)
@@ -214,30 +241,37 @@ def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) ->
 
 
 def prepare_output_cache(plan: StudyPlan, prepared: Prepared, log: Log) -> OutputCacheSpec | None:
-    """Decides on the teacher-output cache and, on a single host whose driver has the trials' device, builds it once here."""
-    trial0, data, teacher = plan.trial0, prepared.data, prepared.teacher
+    """Decides on each teacher's output cache and, on a single host whose driver has the trials' device, builds it here."""
+    trial0, data = plan.trial0, prepared.data
     # A cluster joined through RAY_ADDRESS counts as one: an autoscaling cluster may show only its head yet.
     on_cluster = len(prepared.hosts) > 1 or plan.opts.joins_cluster
     lacks_device = not driver_has_trial_device(plan)
-    enabled, reason = cache_decision(plan.study, trial0, data.num_train, getattr(teacher, "feature_dim"),
-                                     data.num_classes, smoke=plan.opts.smoke, on_cluster=on_cluster)
-    if enabled and lacks_device and not on_cluster:
-        reason += ("; this driver sees no GPU while each trial gets one, so each node builds its own copy once, "
-                   "on its own device, before its first trial")
-    log(f"teacher-output cache: {reason}")
-    if not enabled:
-        return None
-    spec = OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=trial0.teacher.cache_dtype)
-    if not on_cluster and not lacks_device:
-        from ...method.device import resolve_device
-        from ...method.output_cache import get_or_build_cache
+    several = len(prepared.teachers) > 1
+    cached = []
+    for identity, teacher in prepared.teachers.items():
+        enabled, reason = cache_decision(plan.study, trial0, data.num_train, getattr(teacher, "feature_dim"),
+                                         data.num_classes, smoke=plan.opts.smoke, on_cluster=on_cluster)
+        if enabled and lacks_device and not on_cluster:
+            reason += ("; this driver sees no GPU while each trial gets one, so each node builds its own copy once, "
+                       "on its own device, before its first trial")
+        log(f"teacher-output cache{f' of {identity}' if several else ''}: {reason}")
+        if not enabled:
+            continue
+        cached.append(identity)
+        if not on_cluster and not lacks_device:
+            from ...method.device import resolve_device
+            from ...method.output_cache import get_or_build_cache
 
-        # Built here once, so that trials open it instead of queueing on the build lock.
-        with console.shown():  # the build's progress line
-            cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
-                                       device=resolve_device(driver_device(plan)), log=log)
-        prepared.teacher_info["output_cache"] = str(cache.path)
-    return spec
+            # Built here once, so that trials open it instead of queueing on the build lock.
+            with console.shown():  # the build's progress line
+                cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
+                                           device=resolve_device(driver_device(plan)), log=log)
+            info = prepared.teacher_info["teachers"][identity] if several else prepared.teacher_info
+            info["output_cache"] = str(cache.path)
+    if not cached:
+        return None
+    return OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=trial0.teacher.cache_dtype,
+                           teachers=cached if several else None)
 
 
 def cache_decision(study, trial0, num_train: int, feature_dim: int, num_classes: int,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..metrics import DIVERGED, EPOCH, ERROR, IMPORTANCE_PREFIX, epochs_done, is_trainer_metric
+from ..published import published_lines
 from ..report import write_report
 from ..study_record import log_search_storage
 from ..report.importance import IMPORTANCE_FILE, importance_metrics
@@ -54,9 +55,14 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     cut_short = outcome.stop_kind is not None
     notice = (f"CUT SHORT ({outcome.stop_kind}): {outcome.stop_reason}. Unfinished trials are listed apart; "
               f"continue with: {plan.resume_command()}") if cut_short else None
+    # Published numbers beside the measured ones (a smoke run's one trial too: it checks that path).
+    methods = [str(label) for label, _ in study.factors[1].levels] if len(study.factors) > 1 else []
     paths = write_report(plan.run_folder, study.name, trials, history, factors, baseline=settings.baseline,
                          metric=settings.report_metric, mode=settings.metric_mode, selection_metric=settings.metric,
-                         notice=notice, search_keys=list(study.space) if plan.searching else None)
+                         notice=notice, protocol=plan.trial0.protocol,
+                         extra=published_lines(settings, [f.name for f in study.factors], methods, trials,
+                                               settings.report_metric),
+                         search_keys=list(study.space) if plan.searching else None)
     report_text = paths["report.txt"].read_text()
     resolved = plan.run_folder / RESOLVED_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
@@ -66,7 +72,7 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     log_importance(parent, paths)
     if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
         close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
-                           outcome.wall_seconds)
+                           outcome.wall_seconds, selects=plan.trial0.protocol != "paper")
         plan.state["status"] = "finished"
         plan.save_state()
     log(report_text)

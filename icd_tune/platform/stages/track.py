@@ -36,8 +36,13 @@ class ParentRun:
 
 def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
-    tags = common_tags()
-    params = {f"study.{k}": v for k, v in flatten(to_dict(plan.settings)).items()}
+    tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric)}
+    settings = to_dict(plan.settings)
+    # Published numbers are keyed by level labels (wrn_40_2->wrn_16_2, ICD+KD) that MLflow refuses in a param name.
+    reported = settings.pop("reported", None)
+    params = {f"study.{k}": v for k, v in flatten(settings).items()}
+    if reported:
+        params["study.reported"] = json.dumps(reported, sort_keys=True)
     params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
     previous = plan.state.get("parent_run_id")
     run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
@@ -54,6 +59,20 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     return ParentRun(tracker, run_id, tags)
 
 
+# On the parent and every child run: which protocol produced the numbers, and what was selected on what.
+PROTOCOL_TAG = "icd_tune.protocol"
+SELECTION_TAG = "icd_tune.selection"
+
+
+def protocol_tags(protocol: str, report_metric: str) -> dict[str, str]:
+    if protocol == "paper":
+        selection = (f"{report_metric} is selected on the test set (best test accuracy over epochs, as published); "
+                     f"no validation split, nothing selected by the study")
+    else:
+        selection = f"selected on validation; {report_metric} is reported, never selected on"
+    return {PROTOCOL_TAG: protocol, SELECTION_TAG: selection}
+
+
 def close_interrupted(parent: ParentRun, trial_logger) -> None:
     """Marks the running child runs and the parent run as interrupted (KILLED); --resume reopens them."""
     trial_logger.mark_interrupted()
@@ -62,12 +81,14 @@ def close_interrupted(parent: ParentRun, trial_logger) -> None:
 
 
 def close_with_summary(parent: ParentRun, artifacts: Iterable[Path], trials: list[dict], metric: str, mode: str,
-                       wall_seconds: float) -> None:
-    """Attaches the report files, the best trial's final metrics and the study's wall time; ends FINISHED."""
+                       wall_seconds: float, selects: bool = True) -> None:
+    """Attaches the report files, the best trial's final metrics (``selects``: not under protocol paper, where
+    the metric is measured on test) and the study's wall time; ends FINISHED."""
     client = parent.tracker.client
     for path in artifacts:
         client.log_artifact(parent.run_id, str(path))
-    log_best_trial(parent, trials, metric, mode)
+    if selects:
+        log_best_trial(parent, trials, metric, mode)
     client.log_metric(parent.run_id, STUDY_WALL_SECONDS, wall_seconds)
     failed = sum(t["status"] == "failed" for t in trials)
     client.set_tag(parent.run_id, END_TAG, f"{len(trials)} trials, {failed} failed")

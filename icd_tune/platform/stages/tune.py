@@ -57,7 +57,8 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
     snapshot_every_step()
     trainable = tune.with_resources(
         tune.with_parameters(icd_trainable, data=prepared.data, teacher=prepared.teacher, base=plan.base,
-                             run_settings=plan.run_settings(), output_cache=prepared.output_cache),
+                             run_settings=plan.run_settings(), output_cache=prepared.output_cache,
+                             teachers=prepared.teachers if len(prepared.teachers) > 1 else None),
         {"cpu": plan.cpus, "gpu": plan.gpus})
     results: list = []
     started = time.time()
