@@ -131,6 +131,11 @@ def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_sessi
         assert "selected on the test set" in run.data.tags["icd_tune.selection"]
         assert run.data.tags["icd_tune.student_weights"].startswith("best test/acc1 (selected on the test set")
         assert len(client.get_metric_history(run.info.run_id, "test/best_acc1")) == 2
+        # Each trial's lineage names its own teacher, not the study's first.
+        arch = run.data.params["teacher.arch"]
+        assert run.data.tags["icd_tune.teacher.arch"] == arch
+        assert run.data.tags["icd_tune.teacher.checkpoint"] == run.data.params["teacher.checkpoint"]
+        assert run.data.tags["icd_tune.teacher.outputs"] == "live teacher"
 
 
 def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):

@@ -93,13 +93,18 @@ class TrialLineage:
     datasets: list = field(default_factory=list)
     teacher: dict[str, str] = field(default_factory=dict)  # empty when no trial uses a teacher
     exact_cache: bool = False  # trials read the teacher's outputs from the exact cache
+    # A study with several teachers (per-point checkpoints): identity -> (tags, exact cache on).
+    teachers: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)
 
     def tags(self, config: dict) -> dict[str, str]:
+        from ..method.teachers import teacher_identity
+
         point = point_of(config, self.default_seed)
-        uses_teacher = trial_config(self.base, point.overrides, point.seed).loss.uses_teacher
-        if not uses_teacher or not self.teacher:
+        cfg = trial_config(self.base, point.overrides, point.seed)
+        teacher, exact = self.teachers.get(teacher_identity(cfg.teacher), (self.teacher, self.exact_cache))
+        if not cfg.loss.uses_teacher or not teacher:
             return {TEACHER_OUTPUTS_TAG: NO_TEACHER}
-        return {**self.teacher, TEACHER_OUTPUTS_TAG: EXACT_CACHE if self.exact_cache else LIVE_TEACHER}
+        return {**teacher, TEACHER_OUTPUTS_TAG: EXACT_CACHE if exact else LIVE_TEACHER}
 
     def log(self, client, run_id: str, config: dict) -> None:
         from mlflow.entities import RunTag
@@ -114,6 +119,12 @@ def trial_lineage(plan, prepared) -> TrialLineage:
     trial0 = plan.trial0
     lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)],
                            exact_cache=prepared.output_cache is not None)
-    if prepared.teacher is not None:
+    several = prepared.teacher_info.get("teachers")
+    if several:
+        cached = set((prepared.output_cache.teachers or []) if prepared.output_cache is not None else [])
+        uses = plan.teacher_uses()
+        lineage.teachers = {identity: (teacher_tags(uses[identity].cfg, info), identity in cached)
+                            for identity, info in several.items() if identity in uses}
+    elif prepared.teacher is not None:
         lineage.teacher = teacher_tags(trial0.teacher, prepared.teacher_info)
     return lineage
