@@ -27,7 +27,8 @@ def test_artifact_root_sits_beside_a_sqlite_store(tmp_path):
 PROJECT_LINE = re.compile(
     r"(study '|Ray, MLflow and Optuna output: |MLflow tracking URI: |open the UI:  |teacher: |  teacher epoch "
     r"|teacher-output cache: |teacher cache |\[\d+:\d\d:\d\d\] |  (completed|stopped early|failed): "
-    r"|waiting for resources: |stopping the study: |results: |compare the trials:  )")
+    r"|waiting for resources: |stopping the study: |results: |runs table:  |compare the trials |"
+    r"Optuna dashboard:  )")
 THIRD_PARTY = ("Configuration for experiment", "A new study created in RDB", "Creating initial MLflow database tables",
                "Started a local Ray instance")
 

@@ -178,7 +178,7 @@ def test_bad_teacher_checkpoint_exits_2_and_writes_nothing(tmp_path, tiny_study,
     before = sorted(p.name for p in tmp_path.iterdir())
     code = main([str(path), "--results-dir", str(tmp_path / "results"), "--set", f"teacher.checkpoint={ckpt}"])
     assert code == 2
-    expected = {"missing": "does not exist", "corrupt": "could not be read", "other_arch": "does not fit 'resnet8' with 4 classes: unexpected keys",
+    expected = {"missing": f"1 teacher checkpoint(s) do not exist:\n  {ckpt}", "corrupt": "could not be read", "other_arch": "does not fit 'resnet8' with 4 classes: unexpected keys",
                 "other_classes": "with 4 classes"}[case]
     assert expected in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
