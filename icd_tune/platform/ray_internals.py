@@ -144,3 +144,47 @@ def request_tune_stop() -> bool:
         return False
     handler(signal.SIGUSR1, None)
     return True
+
+
+_SNAPSHOTS = {"taken": 0}
+
+
+def snapshots_taken() -> int:
+    """How many experiment snapshots Tune has written in this process (counted by ``snapshot_on_trial_changes``)."""
+    return _SNAPSHOTS["taken"]
+
+
+def snapshot_on_trial_changes() -> None:
+    """Makes Tune snapshot the experiment whenever a trial joins it, and otherwise on its own clock.
+
+    Stands in for a public "snapshot when the trial list changes" setting (Tune offers only a
+    period, ``TUNE_GLOBAL_CHECKPOINT_S``, and ``force=`` on its internal ``checkpoint``). A
+    snapshot serialises every trial so far, so taking one at every step of Tune's loop costs
+    time linear in the trial count at every step; taking one only when the trial list grows
+    keeps the invariant resume relies on (a trial is on disk before it starts, so a killed
+    driver never leaves a started trial that ``--resume`` does not know) at one snapshot per
+    trial. Results and ended trials reach the next snapshot, which Tune's own period (and its
+    forced snapshot once a trial has written ``num_to_keep`` checkpoints since the last one)
+    still bounds. Wraps ``_ExperimentCheckpointManager.sync_up_experiment_state``
+    (ray/tune/execution/experiment_state.py), whose ``save_fn`` is the controller's bound
+    ``save_to_dir`` (ray/tune/execution/tune_controller.py); idempotent.
+    """
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    original = _ExperimentCheckpointManager.sync_up_experiment_state
+    if getattr(original, "_icd_tune_wrapped", False):
+        return
+
+    def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
+        trials = getattr(getattr(save_fn, "__self__", None), "_trials", None)
+        if trials is not None and len(trials) != getattr(self, "_icd_tune_trial_count", None):
+            self._icd_tune_trial_count = len(trials)
+            force = True
+        before = self._last_save_time
+        out = original(self, save_fn, force=force, wait=wait)
+        if self._last_save_time != before:
+            _SNAPSHOTS["taken"] += 1
+        return out
+
+    sync_up_experiment_state._icd_tune_wrapped = True
+    _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_experiment_state

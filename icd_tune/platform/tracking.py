@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ray import tune
 
 from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
+from .ray_internals import snapshots_taken
 from .versions import git_commit, package_versions
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -146,7 +147,7 @@ class MLflowTrialCallback(tune.Callback):
         self.tracker = tracker
         self.log_students = log_students
         self.lineage = lineage  # lineage.TrialLineage: data set input and teacher tags per new run
-        self.ended: list = []  # trials ended and logged whose older checkpoints wait for the next snapshot
+        self.ended: list = []  # (trial, snapshots taken when it ended): older checkpoints wait for a later snapshot
         self.describe = describe  # trial config -> (display name, flat resolved params)
         self.max_epochs = max_epochs
         self.tags = tags
@@ -217,14 +218,18 @@ class MLflowTrialCallback(tune.Callback):
             self.log_student(trial, run_id)
         self.tracker.client.set_tag(run_id, END_TAG, reason)
         self.tracker.end(run_id, status)
-        self.ended.append(trial)
+        self.ended.append((trial, snapshots_taken()))
 
     def on_step_end(self, iteration, trials, **info):
-        """Prunes ended trials' checkpoints once Tune's snapshot of this step has recorded them as ended."""
+        """Prunes ended trials' checkpoints once a Tune snapshot taken after their end has recorded it."""
         from .students import prune_checkpoints
 
-        while self.ended:
-            prune_checkpoints(self.ended.pop().checkpoint)
+        now = snapshots_taken()
+        waiting = [(trial, mark) for trial, mark in self.ended if mark >= now]
+        for trial, mark in self.ended:
+            if mark < now:
+                prune_checkpoints(trial.checkpoint)
+        self.ended = waiting
 
     def log_student(self, trial, run_id: str) -> None:
         from .students import log_student
@@ -258,6 +263,7 @@ class MLflowTrialCallback(tune.Callback):
             elif trial.status == "ERROR":
                 self.on_trial_error(0, trials, trial)
             # Trials still pending or running: an interruption, which mark_interrupted closes.
+        self.on_step_end(0, trials)  # Tune's closing snapshot records the last trials to end
         self.on_step_end(0, trials)  # the trials closed here were ended in the snapshot Tune restored
 
     def mark_interrupted(self) -> None:
