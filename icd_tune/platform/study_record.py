@@ -20,11 +20,11 @@ import yaml
 
 from .study import Study, resolved_study
 from .study_yaml import extends_chain, parse_override
+from .warm_start import OPTUNA_DB
 
 STUDY_ARTIFACTS = "study"
 WRITTEN_DIR = f"{STUDY_ARTIFACTS}/written"
 RESOLVED_FILE = "resolved.yaml"
-OPTUNA_FILE = "optuna.db"
 COMMAND_TAG = "icd_tune.command"
 RESUME_COMMAND_TAG = "icd_tune.resume_command"  # the latest --resume's command line
 SET_PREFIX = "set."
@@ -77,7 +77,7 @@ def log_study_record(client, run_id: str, study: Study, argv: list[str] | None, 
 
 def log_search_storage(client, run_id: str, run_folder: Path) -> bool:
     """A search's Optuna storage, as the study left it; False when the run kept none (a grid)."""
-    path = Path(run_folder) / OPTUNA_FILE
+    path = Path(run_folder) / OPTUNA_DB
     if not path.is_file():
         return False
     client.log_artifact(run_id, str(path), artifact_path=STUDY_ARTIFACTS)
