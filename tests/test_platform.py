@@ -13,6 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from ray import tune
+
+from icd_tune.platform.ray_internals import snapshots_taken
 from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.study import load_study
 
@@ -24,6 +27,27 @@ def mlflow_client(uri):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(uri)
+
+
+class SnapshotProbe(tune.Callback):
+    """Counts Tune's loop steps and checks after each that Tune's latest snapshot holds every trial so far.
+
+    It reads the snapshot where Tune writes it, the driver's staging folder; Tune's syncer copies it
+    into the run folder.
+    """
+
+    def __init__(self):
+        self.steps = 0
+        self.missing: list[str] = []
+
+    def on_step_end(self, iteration, trials, **info):
+        self.steps += 1
+        if not trials:
+            return
+        ids = set()
+        for state in Path(trials[0].storage.experiment_driver_staging_path).glob("experiment_state-*.json"):
+            ids |= {json.loads(data)["trial_id"] for data, _ in json.loads(state.read_text())["trial_data"]}
+        self.missing += [t.trial_id for t in trials if t.trial_id not in ids]
 
 
 def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_session):
@@ -153,7 +177,13 @@ def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, 
     max_concurrent: 2
     seeds: [0]
     """, epochs=4, steps=1)
-    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+    probe, taken = SnapshotProbe(), snapshots_taken()
+    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results"), extra_callbacks=[probe]),
+                    log=lambda *_: None)
+    # The searcher adds trials as slots free up: each was in Tune's snapshot by the end of the step
+    # that added it, and that took far fewer snapshots than the loop took steps.
+    assert probe.missing == []
+    assert 8 <= snapshots_taken() - taken < probe.steps // 2, (snapshots_taken() - taken, probe.steps)
     stopped = [t for t in out["trials"] if t["status"] == "stopped"]
     completed = [t for t in out["trials"] if t["status"] == "completed"]
     assert len(out["trials"]) == 8

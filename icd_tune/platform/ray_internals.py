@@ -161,11 +161,12 @@ def snapshot_on_trial_changes() -> None:
     period, ``TUNE_GLOBAL_CHECKPOINT_S``, and ``force=`` on its internal ``checkpoint``). A
     snapshot serialises every trial so far, so taking one at every step of Tune's loop costs
     time linear in the trial count at every step; taking one only when the trial list grows
-    keeps the invariant resume relies on (a trial is on disk before it starts, so a killed
-    driver never leaves a started trial that ``--resume`` does not know) at one snapshot per
-    trial. Results and ended trials reach the next snapshot, which Tune's own period (and its
-    forced snapshot once a trial has written ``num_to_keep`` checkpoints since the last one)
-    still bounds. Wraps ``_ExperimentCheckpointManager.sync_up_experiment_state``
+    keeps what resume relies on (a trial is in the snapshot by the end of the step that added
+    it, before its first result, so a killed driver does not leave a trained trial that
+    ``--resume`` does not know) at one snapshot per trial. Tune's syncer then copies the
+    snapshot from the driver's staging folder into the run folder, as it always does. Results
+    and ended trials reach the next snapshot, which Tune's own period (and its forced snapshot
+    once a trial has written ``num_to_keep`` checkpoints since the last one) still bounds. Wraps ``_ExperimentCheckpointManager.sync_up_experiment_state``
     (ray/tune/execution/experiment_state.py), whose ``save_fn`` is the controller's bound
     ``save_to_dir`` (ray/tune/execution/tune_controller.py); idempotent.
     """

@@ -127,8 +127,8 @@ def mark_interrupted(plan: StudyPlan, parent: ParentRun, trial_logger: MLflowTri
 def snapshot_when_trials_join() -> None:
     # num_to_keep forces experiment snapshots; on small, fast trials Ray warns about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Snapshot the experiment state whenever a trial joins, so a trial is on disk before it
-    # starts: a driver killed in between would otherwise leave a started trial that --resume does
+    # Snapshot the experiment state whenever a trial joins, so a trial is in it before its first
+    # result: a driver killed in between would otherwise leave a trained trial that --resume does
     # not know (and re-samples), with a stray run in MLflow and Optuna. Between joins, Tune's own
     # clock ("auto": at most about 5% of the time) and its num_to_keep rule take the snapshots;
     # one at every step of the loop made the cost per trial grow with the trial count.
