@@ -46,6 +46,20 @@ def test_synthetic_any_size_and_classes():
     assert int(d.train_y.max()) < 7 and d.num_classes == 7
 
 
+def test_synthetic_noise_sets_how_far_images_stray_from_their_class():
+    def spread(noise):
+        d = load_data(DataConfig(name="synthetic", num_train=400, num_test=10, num_classes=2, val_fraction=0.0,
+                                 synthetic_noise=noise))
+        x = d.train_x.float()
+        return sum(float(x[d.train_y == c].std(0).mean()) for c in (0, 1)) / 2, d.identity["synthetic_noise"]
+
+    assert spread(0.0) == (0.0, 0.0)  # every image is its class prototype
+    quiet, loud = spread(48.0), spread(160.0)
+    assert 35 < quiet[0] < loud[0] and quiet[1] == 48.0 and loud[1] == 160.0
+    with pytest.raises(Exception, match="synthetic_noise"):
+        DataConfig(name="synthetic", synthetic_noise=-1.0).validate("data")
+
+
 def test_cifar100_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataUnavailableError, match=r"not found in .*download is off.*Fix"):
         load_data(DataConfig(name="cifar100", root=str(tmp_path), download=False))

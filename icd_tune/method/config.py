@@ -46,12 +46,16 @@ class DataConfig:
     num_test: int = 128
     num_classes: int = 10
     synthetic_seed: int = 0
+    # Standard deviation of the pixel noise around each class prototype (0-255 scale): higher is harder.
+    synthetic_noise: float = 48.0
 
     def validate(self, path: str) -> None:
         require(0.0 <= self.val_fraction < 1.0, f"bad value {self.val_fraction!r}: expected 0 <= val_fraction < 1", join_path(path, "val_fraction"))
         require(self.num_train >= 2, f"bad value {self.num_train!r}: expected at least 2", join_path(path, "num_train"))
         require(self.num_test >= 1, f"bad value {self.num_test!r}: expected at least 1", join_path(path, "num_test"))
         require(self.num_classes >= 2, f"bad value {self.num_classes!r}: expected at least 2", join_path(path, "num_classes"))
+        require(self.synthetic_noise >= 0, f"bad value {self.synthetic_noise!r}: expected synthetic_noise >= 0",
+                join_path(path, "synthetic_noise"))
 
 
 @dataclass

@@ -232,7 +232,7 @@ def _load_synthetic(cfg: DataConfig):
 
     def draw(n):
         labels = torch.randint(0, cfg.num_classes, (n,), generator=g)
-        noise = torch.randn(n, 3, SIZE, SIZE, generator=g) * 48.0
+        noise = torch.randn(n, 3, SIZE, SIZE, generator=g) * cfg.synthetic_noise
         return (prototypes[labels] + noise).clamp(0, 255).round().to(torch.uint8), labels
 
     train = draw(cfg.num_train)
@@ -250,7 +250,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
     identity = {"name": cfg.name, "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed,
                 "num_train": int(train_x.shape[0]), "num_val": int(val_x.shape[0]), "num_test": int(test_x.shape[0])}
     if cfg.name == "synthetic":
-        identity.update(num_classes=cfg.num_classes, synthetic_seed=cfg.synthetic_seed,
+        identity.update(num_classes=cfg.num_classes, synthetic_seed=cfg.synthetic_seed, synthetic_noise=cfg.synthetic_noise,
                         total_train=cfg.num_train, total_test=cfg.num_test)
     return DataBundle(cfg.name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes, mean, std, identity)
 
