@@ -17,7 +17,7 @@ threshold of the grid's best, the test accuracy (at best validation) of the conf
 would pick, and the total trial-epochs. Target: TPE + ASHA within the threshold at <= 25% of
 the grid's trial-epochs.
 
-    python bench/search_efficiency.py                     # 3x3x3x2 grid, 8 epochs, 5 search seeds
+    python bench/search_efficiency.py                     # 3x3x3x2 grid, 6 epochs, 5 search seeds
     python bench/search_efficiency.py --size small --search-seeds 3   # 2x2x2x2 grid
 """
 
@@ -36,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LEVELS = {
-    "full": {"loss.contrastive_weight": [0.5, 1.0, 2.0], "loss.invariance_weight": [0.0, 0.5, 2.0],
-             "loss.temperature": [0.05, 0.1, 0.2], "loss.negatives.count": [128, 512]},
+    "full": {"loss.contrastive_weight": [0.5, 2.0, 8.0], "loss.invariance_weight": [0.0, 2.0, 8.0],
+             "loss.temperature": [0.05, 0.2, 0.5], "loss.negatives.count": [64, 1024]},
     "medium": {"loss.contrastive_weight": [0.5, 1.0, 2.0], "loss.invariance_weight": [0.0, 0.5, 2.0],
                "loss.temperature": [0.05, 0.2], "loss.negatives.count": [128, 512]},
     "small": {"loss.contrastive_weight": [0.5, 2.0], "loss.invariance_weight": [0.0, 2.0],
@@ -47,8 +47,8 @@ LEVELS = {
 STUDY = """
 name: search_efficiency
 student: resnet8
-teacher: {{arch: resnet8, optim: {{epochs: 2, batch_size: 64, lr: 0.05}}}}
-data: {{name: synthetic, num_train: {num_train}, num_test: {num_test}, num_classes: {classes}, val_fraction: {val_fraction}}}
+teacher: {{arch: {teacher}, optim: {{epochs: {teacher_epochs}, batch_size: 64, lr: 0.1}}}}
+data: {{name: synthetic, num_train: {num_train}, num_test: {num_test}, num_classes: {classes}, val_fraction: {val_fraction}, augment: {augment}, synthetic_noise: {noise}}}
 loss: {{feat_dim: 32, kd_weight: 0.0, negatives: {{source: memory, count: 128}}}}
 optim: {{epochs: {epochs}, batch_size: 64, lr: 0.1}}
 max_steps_per_epoch: {steps}
@@ -67,7 +67,9 @@ def build_study(work: Path, levels: dict, args):
     num_train = args.train + args.val
     path = work / "search_efficiency.yaml"
     path.write_text(textwrap.dedent(STUDY.format(num_train=num_train, num_test=args.test, classes=args.classes, val_fraction=args.val / num_train,
-                                                 epochs=args.epochs, steps=args.steps, grid=grid)))
+                                                 epochs=args.epochs, steps=args.steps, grid=grid,
+                                                 teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+                                                 augment=str(args.augment).lower(), noise=args.noise)))
     return load_study(path)
 
 
@@ -122,11 +124,16 @@ def measure_noise(study, data, teacher, args) -> tuple[float, list[float]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LEVELS), default="full", help="grid levels: full 3x3x3x2, medium 3x3x2x2, small 2x2x2x2")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--steps", type=int, default=8, help="training steps per epoch (sets the trial-epoch time)")
-    p.add_argument("--train", type=int, default=1000)
+    p.add_argument("--train", type=int, default=2000)
     p.add_argument("--test", type=int, default=1000)
-    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--classes", type=int, default=50)
+    p.add_argument("--noise", type=float, default=48.0, help="pixel noise around the class prototypes (harder when higher)")
+    p.add_argument("--teacher", default="resnet8")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--augment", action="store_true", help="pad-crop-flip the training images (off: the synthetic "
+                                                          "classes are per-pixel prototypes, which a shift destroys)")
     p.add_argument("--val", type=int, default=2000, help="validation images (at least 2,000)")
     p.add_argument("--search-seeds", type=int, default=5)
     p.add_argument("--samples", type=int, default=0, help="trials per search (default: the grid's size)")
