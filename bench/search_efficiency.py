@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 LEVELS = {
     "full": {"loss.contrastive_weight": [0.5, 2.0, 8.0], "loss.invariance_weight": [0.0, 2.0, 8.0],
              "loss.temperature": [0.05, 0.2, 0.5], "loss.negatives.count": [64, 1024]},
-    "medium": {"loss.contrastive_weight": [0.5, 1.0, 2.0], "loss.invariance_weight": [0.0, 0.5, 2.0],
-               "loss.temperature": [0.05, 0.2], "loss.negatives.count": [128, 512]},
-    "small": {"loss.contrastive_weight": [0.5, 2.0], "loss.invariance_weight": [0.0, 2.0],
-              "loss.temperature": [0.05, 0.2], "loss.negatives.count": [128, 512]},
+    "medium": {"loss.contrastive_weight": [0.5, 2.0, 8.0], "loss.invariance_weight": [0.0, 2.0, 8.0],
+               "loss.temperature": [0.05, 0.5], "loss.negatives.count": [64, 1024]},
+    "small": {"loss.contrastive_weight": [0.5, 8.0], "loss.invariance_weight": [0.0, 8.0],
+              "loss.temperature": [0.05, 0.5], "loss.negatives.count": [64, 1024]},
 }
 
 STUDY = """
@@ -125,11 +125,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LEVELS), default="full", help="grid levels: full 3x3x3x2, medium 3x3x2x2, small 2x2x2x2")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--steps", type=int, default=8, help="training steps per epoch (sets the trial-epoch time)")
+    p.add_argument("--steps", type=int, default=24, help="training steps per epoch (sets the trial-epoch time)")
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--classes", type=int, default=50)
-    p.add_argument("--noise", type=float, default=48.0, help="pixel noise around the class prototypes (harder when higher)")
+    p.add_argument("--noise", type=float, default=120.0, help="pixel noise around the class prototypes (harder when higher)")
     p.add_argument("--teacher", default="resnet8")
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--augment", action="store_true", help="pad-crop-flip the training images (off: the synthetic "
