@@ -211,6 +211,12 @@ def test_protocol_paper_labels_the_test_selected_number_and_picks_nothing(tmp_pa
     assert "71.00 +- 1.00" in text and "73.00 +- 1.00" in text and "70.00 +- 1.00" in text
     assert "Best level" not in text and "Best configurations" not in text
     assert "+2.00" in text  # the seed-paired difference from the baseline
+    # A baseline that is not a level is named, under either protocol, and no differences are shown.
+    for protocol in ("paper", "validation"):
+        other = render_report("paper", trials, [FACTOR], baseline=7, metric="test/best_acc1",
+                              selection_metric="test/best_acc1" if protocol == "paper" else "val/acc1",
+                              protocol=protocol)
+        assert f"Baseline 7 is not a level of '{FACTOR}'; no differences shown." in other and "+2.00" not in other
     honest = render_report("honest", paired_trials({0.5: [1.0, 1.0, 1.0, 1.0, 1.0]}), [FACTOR], baseline=0)
     assert "Protocol: validation" in honest and "Best level" in honest
     # Selecting on a test metric stays refused under the validation protocol.

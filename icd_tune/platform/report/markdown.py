@@ -125,18 +125,32 @@ def _comparison_lines(rows: Sequence[Mapping], factor: str, baseline: Any,
     return [title, "", _md_table(headers, body, [False, False, True, True, True]), ""]
 
 
-def _factor_section(trials, factor, baseline, metric, selection_metric, mode) -> list[str]:
+def factor_opening(trials, factor, baseline) -> tuple[list[str], dict | None, list, Any, str | None]:
+    """A factor section's opening, shared by both protocols' reports.
+
+    Returns its heading lines (the whole section when no trial has a level: then the groups are
+    None), the trials by level, those without a level, the baseline's level (None when there is no
+    baseline or it is not a level) and, in that last case, the note saying so.
+    """
     lines = [f"## Factor: {factor}", ""]
     groups, missing = _group_by_level(trials, factor)
     if not groups:
-        return lines + [f"No trial has a level for '{factor}'.", ""]
-    note = None
-    if baseline is not None:
-        try:
-            _find_level(groups, baseline)
-        except ValueError:
-            note = f"Baseline {_fmt_value(baseline)!s} is not a level of '{factor}'; no differences shown."
-            baseline = None
+        return lines + [f"No trial has a level for '{factor}'.", ""], None, missing, None, None
+    if baseline is None:
+        return lines, groups, missing, None, None
+    try:
+        return lines, groups, missing, _find_level(groups, baseline), None
+    except ValueError:
+        return lines, groups, missing, None, (f"Baseline {_fmt_value(baseline)!s} is not a level of '{factor}'; "
+                                              "no differences shown.")
+
+
+def _factor_section(trials, factor, baseline, metric, selection_metric, mode) -> list[str]:
+    lines, groups, missing, _, note = factor_opening(trials, factor, baseline)
+    if groups is None:
+        return lines
+    if note:
+        baseline = None
     also = [n for n in [_last_epoch_name(metric)] if n]
     rows = level_table(trials, factor, metric=metric, baseline=baseline,
                        selection_metric=selection_metric, also=also)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Mapping, Sequence
 
-from .stats import _completed, _failed, _final, _find_level, _fmt_value, _group_by_level, _mean_std, _paired_diff
+from .stats import _completed, _failed, _final, _fmt_value, _mean_std, _paired_diff
 from .stats import _apply_holm, STOPPED
 
 PROTOCOL_TEXT = {
@@ -50,18 +50,13 @@ def _cell(values: Sequence[float], done: int) -> str:
 
 
 def paper_factor_lines(trials: Sequence[Mapping], factor: str, baseline: Any, metric: str) -> list[str]:
-    from .markdown import _comparison_lines, _md_table
+    from .markdown import _comparison_lines, _md_table, factor_opening
 
-    lines = [f"## Factor: {factor}", ""]
-    groups, missing = _group_by_level(trials, factor)
-    if not groups:
-        return lines + [f"No trial has a level for '{factor}'.", ""]
-    base_key = None
-    if baseline is not None:
-        try:
-            base_key = _find_level(groups, baseline)
-        except ValueError:
-            baseline = None
+    lines, groups, missing, base_key, note = factor_opening(trials, factor, baseline)
+    if groups is None:
+        return lines
+    if note:
+        baseline = None
     rows, body = [], []
     for level, members in groups.items():
         done = [t for t in members if _completed(t)]
@@ -79,6 +74,8 @@ def paper_factor_lines(trials: Sequence[Mapping], factor: str, baseline: Any, me
     headers = ["level", "n", "completed", "stopped", "failed", f"{metric} (selected on test)",
                f"{LAST_EPOCH} (last epoch)"]
     lines += [_md_table(headers, body, [False] + [True] * 6), ""]
+    if note:
+        lines += [note, ""]
     if missing:
         lines += [f"{len(missing)} trial(s) without a level for '{factor}' are not in this table.", ""]
     if baseline is not None:
