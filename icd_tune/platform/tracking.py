@@ -118,12 +118,18 @@ class StudyTracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
-    def find_child(self, trial_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=1)
-        return runs[0].info.run_id if runs else None
+    def children_by_trial(self) -> dict[str, str]:
+        """Tune trial id -> child run id, for every child run the parent has (one search, paged)."""
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            out.update({r.data.tags[TRIAL_TAG]: r.info.run_id for r in page if TRIAL_TAG in r.data.tags})
+            token = page.token
+            if not token:
+                return out
 
     def running_children(self) -> list:
         """The parent's child runs still RUNNING: a killed driver leaves them so."""
@@ -152,6 +158,7 @@ class MLflowTrialCallback(tune.Callback):
         self.max_epochs = max_epochs
         self.tags = tags
         self.runs: dict[str, str] = {}
+        self.earlier: dict[str, str] | None = None  # child runs that existed before this callback started
         self.last_epoch: dict[str, int] = {}
         self.names: dict[str, str] = {}
 
@@ -161,7 +168,9 @@ class MLflowTrialCallback(tune.Callback):
         client = self.tracker.client
         name, params = self.describe(trial.config)
         self.names[trial.trial_id] = name
-        run_id = self.tracker.find_child(trial.trial_id)
+        if self.earlier is None:  # the runs an interrupted invocation left: read once, not per trial
+            self.earlier = self.tracker.children_by_trial()
+        run_id = self.earlier.get(trial.trial_id)
         if run_id is None:
             run = client.create_run(self.tracker.experiment_id, run_name=name, tags={
                 **self.tags, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
