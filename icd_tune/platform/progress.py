@@ -81,10 +81,13 @@ class ProgressCallback(tune.Callback):
         done_epochs = sum(self.epochs.values())
         finished = sum(self.counts.values())
         # Remaining work: unfinished trials' remaining epochs (stopped trials need none).
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         remaining = max(0, (self.planned - finished) * self.max_epochs
-                        - sum(e for t, e in self.epochs.items() if not any(tr.trial_id == t and tr.status in ("TERMINATED", "ERROR") for tr in trials)))
+                        - sum(e for t, e in self.epochs.items() if t not in ended))
         eta = (elapsed / done_epochs * remaining) if done_epochs else float("nan")
-        best = f"best {self.metric} {self.best[0]:.2f} ({self.best[1]})" if self.best else "best -"
+        # A test metric is watched, never chosen by: say "highest", not "best".
+        word = "highest" if self.metric.startswith("test/") else "best"
+        best = f"{word} {self.metric} {self.best[0]:.2f} ({self.best[1]})" if self.best else f"{word} -"
         self.print_line(f"[{clock(elapsed)}] {running} running | {self.counts['completed']} done | "
                         f"{self.counts['stopped early']} stopped early | {self.counts['failed']} failed | "
                         f"{finished}/{self.planned} trials | {best} | left ~{clock(eta)}")
