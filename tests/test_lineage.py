@@ -81,9 +81,9 @@ def test_teacher_outputs_tag_follows_each_trials_loss(tiny_study):
     """))
     study.base["loss"].update(contrastive_weight=0.0, invariance_weight=0.0)
     configs = [{"point": p.to_config()} for p in study.grid_points()]
-    lineage = TrialLineage(study.base, 0, teacher={"icd_tune.teacher.arch": "resnet8"})
+    lineage = TrialLineage(study.base, 0, teachers={"one": ({"icd_tune.teacher.arch": "resnet8"}, False)})
     assert [lineage.tags(c)[TEACHER_OUTPUTS_TAG] for c in configs] == [NO_TEACHER, LIVE_TEACHER]
-    lineage.exact_cache = True
+    lineage.teachers["one"] = ({"icd_tune.teacher.arch": "resnet8"}, True)
     assert lineage.tags(configs[1]) == {"icd_tune.teacher.arch": "resnet8", TEACHER_OUTPUTS_TAG: EXACT_CACHE}
 
 

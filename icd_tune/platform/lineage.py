@@ -91,9 +91,8 @@ class TrialLineage:
     base: dict  # plain trial defaults, as the describer has them
     default_seed: int
     datasets: list = field(default_factory=list)
-    teacher: dict[str, str] = field(default_factory=dict)  # empty when no trial uses a teacher
-    exact_cache: bool = False  # trials read the teacher's outputs from the exact cache
-    # A study with several teachers (per-point checkpoints): identity -> (tags, exact cache on).
+    # Teacher identity -> (its tags, whether trials read its outputs from the exact cache); empty when
+    # no trial uses a teacher. With one teacher, every trial that uses one gets it.
     teachers: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)
 
     def tags(self, config: dict) -> dict[str, str]:
@@ -101,7 +100,8 @@ class TrialLineage:
 
         point = point_of(config, self.default_seed)
         cfg = trial_config(self.base, point.overrides, point.seed)
-        teacher, exact = self.teachers.get(teacher_identity(cfg.teacher), (self.teacher, self.exact_cache))
+        only = next(iter(self.teachers.values())) if len(self.teachers) == 1 else None
+        teacher, exact = self.teachers.get(teacher_identity(cfg.teacher), only) or ({}, False)
         if not cfg.loss.uses_teacher or not teacher:
             return {TEACHER_OUTPUTS_TAG: NO_TEACHER}
         return {**teacher, TEACHER_OUTPUTS_TAG: EXACT_CACHE if exact else LIVE_TEACHER}
@@ -117,8 +117,9 @@ class TrialLineage:
 def trial_lineage(plan, prepared) -> TrialLineage:
     """From the plan and what the prepare stage loaded (``stages.plan.StudyPlan``, ``stages.prepare.Prepared``)."""
     trial0 = plan.trial0
-    lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)],
-                           exact_cache=prepared.output_cache is not None)
+    from ..method.teachers import teacher_identity
+
+    lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)])
     several = prepared.teacher_info.get("teachers")
     if several:
         cached = set((prepared.output_cache.teachers or []) if prepared.output_cache is not None else [])
@@ -126,5 +127,6 @@ def trial_lineage(plan, prepared) -> TrialLineage:
         lineage.teachers = {identity: (teacher_tags(uses[identity].cfg, info), identity in cached)
                             for identity, info in several.items() if identity in uses}
     elif prepared.teacher is not None:
-        lineage.teacher = teacher_tags(trial0.teacher, prepared.teacher_info)
+        lineage.teachers = {teacher_identity(trial0.teacher): (teacher_tags(trial0.teacher, prepared.teacher_info),
+                                                               prepared.output_cache is not None)}
     return lineage
