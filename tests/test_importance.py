@@ -3,6 +3,7 @@
 import itertools
 import json
 import random
+import re
 
 from icd_tune.platform.report import write_report
 from icd_tune.platform.report.importance import compute_importance, importance_metrics
@@ -47,12 +48,13 @@ def test_search_keys_read_from_params_and_single_key_says_why_not():
 def test_report_carries_importance_table_plot_and_file(tmp_path):
     paths = write_report(tmp_path, "grid", grid_trials(), [], ["weight", "temp"], selection_metric="val/acc1")
     text = paths["report.txt"].read_text()
-    assert "Factor importance on val/acc1 (max)" in text and "rests on 27 trials" in text
+    assert "## Factor importance on val/acc1 (max)" in text and "rests on 27 trials" in text
+    assert re.search(r"^\| weight +\| +[01]\.\d{3} \| +[01]\.\d{3} \|$", text, re.M)  # a pipe table like the others
     assert "fANOVA" in text and "PED-ANOVA" in text
     assert paths["importance.png"].stat().st_size > 1000
     assert json.loads(paths["importance.json"].read_text())["keys"] == ["weight", "temp"]
     single = write_report(tmp_path / "one", "q", grid_trials(), [], ["weight"], selection_metric="val/acc1")
-    assert "not computed: the study varies one key (weight)" in single["report.txt"].read_text()
+    assert "Not computed: the study varies one key (weight)" in single["report.txt"].read_text()
     assert "importance.png" not in single
 
 

@@ -117,22 +117,22 @@ def evaluate(rows: list[tuple[dict, float]], dists: dict, mode: str) -> tuple[di
 
 def render_importance(result: Mapping) -> str:
     """The report's section: a table of each key's share per evaluator, and what it rests on."""
-    title = f"Factor importance on {result['metric']} ({result['mode']})"
-    lines = [title, "-" * len(title)]
+    from .markdown import _md_table
+
+    lines = [f"## Factor importance on {result['metric']} ({result['mode']})", ""]
     if result.get("reason"):
-        lines.append(f"not computed: {result['reason']}.")
+        lines.append(f"Not computed: {result['reason']}.")
         return "\n".join(lines)
     lines.append(f"rests on {result['trials']} trials that ran their whole budget"
                  + (f" ({result['left_out']} stopped early, failed or unfinished left out)" if result["left_out"] else "")
                  + "; Optuna's fANOVA (random-forest variance decomposition) and PED-ANOVA (top 10% against all),"
                  + " each normalised to sum to 1.")
     if result["trials"] < 20:
-        lines.append("few trials: read the order, not the numbers.")
-    width = max(len(k) for k in result["keys"]) + 2
-    lines.append(f"{'key':{width}s}" + "".join(f"{name:>12s}" for name in result["importance"]))
+        lines.append("Few trials: read the order, not the numbers.")
     first = next(iter(result["importance"].values()))
-    for key in sorted(result["keys"], key=lambda k: -first[k]):
-        lines.append(f"{key:{width}s}" + "".join(f"{shares[key]:12.3f}" for shares in result["importance"].values()))
+    body = [[key, *(f"{shares[key]:.3f}" for shares in result["importance"].values())]
+            for key in sorted(result["keys"], key=lambda k: -first[k])]
+    lines += ["", _md_table(["key", *result["importance"]], body, [False] + [True] * len(result["importance"]))]
     return "\n".join(lines)
 
 
