@@ -14,7 +14,7 @@ the per-trial figures are also given for the first and last quarter of the run:
 flat means they do not grow with the count.
 
     python bench/many_trials.py                        # 100, 300 and 1000 trials
-    python bench/many_trials.py --sizes 100 300 --concurrent 2
+    python bench/many_trials.py --sizes 300 --snapshots both   # the snapshot policies side by side
 
 Targets: <= 0.5 s of overhead and <= 1 MiB of driver memory per trial, flat in the count.
 """
@@ -117,7 +117,10 @@ def run_size(n: int, work: Path, args) -> dict:
     path.write_text(textwrap.dedent(STUDY.format(n=n, students="true" if args.students else "false")))
     study = load_study(path)
     compute = trial_compute_seconds(study)
+    from icd_tune.platform.ray_internals import snapshots_taken
+
     probe = make_probe()
+    snapshots = snapshots_taken()
     before = rss_mib()
     started = time.perf_counter()
     out = run_study(study, RunOptions(results_dir=str(work / "results"), max_concurrent=args.concurrent,
@@ -133,7 +136,8 @@ def run_size(n: int, work: Path, args) -> dict:
     return {"n": n, "ended": ended, "tune_s": tune_s, "total_s": total, "compute_s": compute,
             "per_trial_s": per_trial, "overhead_s": per_trial - compute / args.concurrent,
             "mib_per_trial": slope, "run_mib": after - before, "rss_before": before, "rss_after": after,
-            "first_q_s": s1, "first_q_mib": m1, "last_q_s": s4, "last_q_mib": m4}
+            "first_q_s": s1, "first_q_mib": m1, "last_q_s": s4, "last_q_mib": m4,
+            "snapshots_per_trial": (snapshots_taken() - snapshots) / n}
 
 
 def main() -> int:
@@ -142,6 +146,9 @@ def main() -> int:
     p.add_argument("--concurrent", type=int, default=2, help="trials at once (and Ray's CPUs)")
     p.add_argument("--students", action="store_true", help="log each trial's student weights to MLflow (off: a huge "
                                                            "search's setting)")
+    p.add_argument("--snapshots", choices=["on-join", "every-step", "both"], default="on-join",
+                   help="Tune's experiment snapshots: when a trial joins (the platform's setting), at every loop step "
+                        "(the former one), or both, side by side")
     args = p.parse_args()
 
     import ray
@@ -150,15 +157,19 @@ def main() -> int:
     ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.concurrent} trials at once; "
           f"student artifacts {'on' if args.students else 'off'}")
-    print(f"{'trials':>6s} {'ended':>6s} {'tune s':>8s} {'s/trial':>8s} {'overhead':>9s} {'MiB/trial':>10s} {'run MiB':>8s} "
-          f"{'s/trial q1':>11s} {'s/trial q4':>11s} {'MiB/trial q1':>13s} {'MiB/trial q4':>13s}")
+    print(f"{'snapshots':>10s} {'trials':>6s} {'ended':>6s} {'tune s':>8s} {'s/trial':>8s} {'overhead':>9s} {'MiB/trial':>10s} {'run MiB':>8s} "
+          f"{'s/trial q1':>11s} {'s/trial q4':>11s} {'MiB/trial q1':>13s} {'MiB/trial q4':>13s} {'snapshots/trial':>16s}")
     rows = []
-    for n in args.sizes:
+    policies = ["every-step", "on-join"] if args.snapshots == "both" else [args.snapshots]
+    for n, policy in ((n, p) for n in args.sizes for p in policies):
+        # every-step: Tune's period 0, a snapshot at every loop step (the former setting), for comparison.
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0" if policy == "every-step" else "auto"
         r = run_size(n, work, args)
+        r["policy"] = policy
         rows.append(r)
-        print(f"{r['n']:6d} {r['ended']:6d} {r['tune_s']:8.1f} {r['per_trial_s']:8.3f} {r['overhead_s']:9.3f} "
+        print(f"{policy:>10s} {r['n']:6d} {r['ended']:6d} {r['tune_s']:8.1f} {r['per_trial_s']:8.3f} {r['overhead_s']:9.3f} "
               f"{r['mib_per_trial']:10.3f} {r['run_mib']:8.1f} {r['first_q_s']:11.3f} {r['last_q_s']:11.3f} {r['first_q_mib']:13.3f} "
-              f"{r['last_q_mib']:13.3f}", flush=True)
+              f"{r['last_q_mib']:13.3f} {r['snapshots_per_trial']:16.2f}", flush=True)
     ray.shutdown()
     computes = ", ".join(f"{r['compute_s']:.3f}" for r in rows)
     print(f"one trial's compute in process: {computes} s (per size); "
