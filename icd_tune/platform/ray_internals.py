@@ -163,13 +163,20 @@ def snapshot_on_trial_changes() -> None:
     time linear in the trial count at every step; taking one only when the trial list grows
     keeps what resume relies on (a trial is in the snapshot by the end of the step that added
     it, before its first result, so a killed driver does not leave a trained trial that
-    ``--resume`` does not know) at one snapshot per trial. Tune's syncer then copies the
-    snapshot from the driver's staging folder into the run folder, as it always does. Results
-    and ended trials reach the next snapshot, which Tune's own period (and its forced snapshot
-    once a trial has written ``num_to_keep`` checkpoints since the last one) still bounds. Wraps ``_ExperimentCheckpointManager.sync_up_experiment_state``
+    ``--resume`` does not know) at one snapshot per trial. Results and ended trials reach the
+    next snapshot, which Tune's own period (and its forced snapshot once a trial has written
+    ``num_to_keep`` checkpoints since the last one) still bounds.
+
+    Tune's syncer copies each snapshot from the driver's staging folder into the run folder in
+    the background. A copy skipped because the previous one was still running is launched at a
+    later step, once that one has ended (Tune itself would retry only at its next snapshot).
+
+    Wraps ``_ExperimentCheckpointManager.sync_up_experiment_state``
     (ray/tune/execution/experiment_state.py), whose ``save_fn`` is the controller's bound
     ``save_to_dir`` (ray/tune/execution/tune_controller.py); idempotent.
     """
+    import time
+
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
     original = _ExperimentCheckpointManager.sync_up_experiment_state
@@ -180,11 +187,19 @@ def snapshot_on_trial_changes() -> None:
         trials = getattr(getattr(save_fn, "__self__", None), "_trials", None)
         if trials is not None and len(trials) != getattr(self, "_icd_tune_trial_count", None):
             self._icd_tune_trial_count = len(trials)
-            force = True
-        before = self._last_save_time
+            # Due now, whatever the period. Not force=True: that would also block the loop until
+            # the previous copy into the run folder ends, and the copy grows with the trial count.
+            self._last_save_time = float("-inf")
+        saved, synced = self._last_save_time, self._last_sync_time
         out = original(self, save_fn, force=force, wait=wait)
-        if self._last_save_time != before:
+        if self._last_save_time != saved:
             _SNAPSHOTS["taken"] += 1
+            # The copy is skipped while the previous one runs: launch it once that one has ended.
+            self._icd_tune_unsynced = self._last_sync_time == synced
+        elif getattr(self, "_icd_tune_unsynced", False) and self._storage.syncer.sync_up(
+                self._storage.experiment_driver_staging_path, self._storage.experiment_fs_path):
+            self._icd_tune_unsynced = False
+            self._last_sync_time = time.monotonic()
         return out
 
     sync_up_experiment_state._icd_tune_wrapped = True
