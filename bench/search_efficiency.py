@@ -182,14 +182,18 @@ def main() -> int:
           f"({epoch_s:.2f} s per trial-epoch); best val/acc1 {grid_best:.2f} at {dict(zip(keys, best_combo))}, "
           f"test at best val {grid_test:.2f}")
     spread = sorted(best_of(c)[0] for c in curves.values())
-    print(f"grid best-val spread: min {spread[0]:.2f}, median {spread[len(spread) // 2]:.2f}, max {spread[-1]:.2f}")
+    within = sum(v >= target for v in spread)
+    print(f"grid best-val spread: min {spread[0]:.2f}, median {spread[len(spread) // 2]:.2f}, max {spread[-1]:.2f}; "
+          f"{within} of {len(spread)} configurations are within the threshold of the best (how easy the target is)")
 
     args.samples = args.samples or len(curves)
     rows = [run_search(m, s, keys, levels, curves, args, target) for m in ("tpe", "random") for s in range(args.search_seeds)]
     print_table(rows, grid_epochs, grid_test, threshold, args)
     if args.json:
         Path(args.json).write_text(json.dumps({"threshold": threshold, "noise": noise, "grid_best": grid_best,
-                                               "grid_epochs": grid_epochs, "rows": rows}, default=str, indent=2))
+                                               "grid_epochs": grid_epochs, "within": within, "rows": rows,
+                                               "curves": {json.dumps(dict(zip(keys, c))): curves[c] for c in curves}},
+                                              default=str, indent=2))
     return 0
 
 
