@@ -196,13 +196,6 @@ class Trainer:
             self.best_test_acc1, self.best_test_epoch = acc1, self.epoch
             self.best_student = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
-    @property
-    def best_selected_on(self) -> str | None:
-        """Which split chose ``best_student``: ``val``, ``test`` (protocol paper), or None when none did."""
-        if self.best_student is None:
-            return None
-        return "test" if self.best_test_epoch else "val"
-
     def epochs(self) -> Iterator[dict[str, float]]:
         while self.epoch < self.cfg.optim.epochs:
             yield self.run_epoch()
@@ -227,7 +220,6 @@ class Trainer:
             "best_student": self.best_student,
             "best_test_acc1": self.best_test_acc1,
             "best_test_epoch": self.best_test_epoch,
-            "best_selected_on": self.best_selected_on,
             "config": self.cfg.to_dict(),
             "student": _cpu(self.student.state_dict()),
             "head": _cpu(head.state_dict()) if head is not None else None,

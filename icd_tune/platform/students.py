@@ -28,7 +28,7 @@ def student_state(checkpoint, checkpoint_file: str) -> tuple[dict, str] | None:
         if not path.exists():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("best_student") is not None and state.get("best_selected_on") == "test":
+    if state.get("best_student") is not None and state.get("best_test_epoch"):  # protocol paper
         return state["best_student"], (f"best test/acc1 (selected on the test set, protocol paper), epoch "
                                        f"{state['best_test_epoch']} (checkpoint of epoch {state['epoch']})")
     if state.get("best_student") is not None:
