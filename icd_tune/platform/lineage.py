@@ -116,9 +116,9 @@ class TrialLineage:
 
 def trial_lineage(plan, prepared) -> TrialLineage:
     """From the plan and what the prepare stage loaded (``stages.plan.StudyPlan``, ``stages.prepare.Prepared``)."""
-    trial0 = plan.trial0
     from ..method.teachers import teacher_identity
 
+    trial0 = plan.trial0
     lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)])
     several = prepared.teacher_info.get("teachers")
     if several:

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 from ray import tune
 
+from ..lineage import trial_lineage
 from ..metrics import EPOCH
 from ..progress import ProgressCallback
 from ..ray_internals import set_restored_callbacks, snapshot_on_trial_changes
 from ..resources import DEFAULT_PENDING_TIMEOUT_S
 from ..searcher import make_searcher
 from ..study import Study
-from ..lineage import trial_lineage
 from ..tracking import MLflowTrialCallback
 from ..trainable import icd_trainable
 from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
