@@ -7,7 +7,7 @@ import sys
 # Ray binds to loopback unless told otherwise (a no-op when the user set it).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from icd_tune.platform.cli import main  # noqa: E402
+from icd_tune.platform.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,11 +48,11 @@ def timed(label: str, fn):
 def instrument() -> None:
     """Wraps each new logging call where its caller looks it up."""
     import icd_tune.method.teachers as teachers
-    import icd_tune.platform.lineage as lineage
+    import icd_tune.platform.tracking.lineage as lineage
     import icd_tune.platform.stages.record as record
     import icd_tune.platform.stages.track as track
     import icd_tune.platform.stages.tune as tune_stage
-    import icd_tune.platform.students as students
+    import icd_tune.platform.tracking.students as students
 
     tune_stage.trial_lineage = timed("lineage: data digest, teacher sha256 (once)", tune_stage.trial_lineage)
     lineage.TrialLineage.log = timed("lineage: dataset input + teacher tags (per run)", lineage.TrialLineage.log)
@@ -69,7 +69,7 @@ def sampler_seconds(calls: int = 200) -> float:
 
     import torch
 
-    from icd_tune.platform.system_metrics import SystemSampler
+    from icd_tune.platform.raytune.system_metrics import SystemSampler
 
     sampler = SystemSampler(torch.device("cpu"))
     times = []
@@ -104,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from icd_tune.platform.runner import RunOptions, run_study
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     instrument()
     with tempfile.TemporaryDirectory() as folder:

@@ -111,13 +111,13 @@ def quarter_rates(marks: list[tuple[float, float]]) -> tuple[float, float, float
 
 def run_size(n: int, work: Path, args) -> dict:
     from icd_tune.platform.runner import RunOptions, run_study
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     path = work / f"many_{n}.yaml"
     path.write_text(textwrap.dedent(STUDY.format(n=n, students="true" if args.students else "false")))
     study = load_study(path)
     compute = trial_compute_seconds(study)
-    from icd_tune.platform.ray_internals import snapshots_taken
+    from icd_tune.platform.raytune.ray_internals import snapshots_taken
 
     probe = make_probe()
     snapshots = snapshots_taken()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-step time of teacher -> student pairs of the published table, against resnet32x4 -> resnet8x4, on one device.
 
-Checks the GPU-hours estimate of ``icd_tune.platform.gpu_estimate``, which scales the
+Checks the GPU-hours estimate of ``icd_tune.platform.report.gpu_estimate``, which scales the
 measured resnet32x4 -> resnet8x4 trial by each pair's FLOPs per image. Each pair is
 built through the real code (``TrialConfig`` -> ``Trainer``: ICD, batch 64, 100
 classes, live teacher, bf16 on CUDA) on synthetic 32x32 data, warmed up for one

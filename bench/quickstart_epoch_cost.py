@@ -25,7 +25,7 @@ def epoch_costs(overrides: list[str]) -> tuple[float, float, object]:
     from icd_tune.method.models import create_model
     from icd_tune.method.teachers import teacher_trial_config
     from icd_tune.method.train import Trainer
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     study = load_study(ROOT / "ablations" / "quickstart.yaml", overrides)
     p = study.grid_points()[1]  # a level with the invariance term on

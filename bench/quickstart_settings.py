@@ -36,7 +36,7 @@ def play(overrides: list[str], device: str) -> dict:
     from icd_tune.method.data import load_data
     from icd_tune.method.teachers import train_teacher
     from icd_tune.method.train import Trainer
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     study = load_study(ROOT / "ablations" / "quickstart.yaml", overrides)
     points = study.grid_points()

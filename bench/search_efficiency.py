@@ -61,7 +61,7 @@ seeds: [0]
 
 
 def build_study(work: Path, levels: dict, args):
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     grid = "\n".join(f"  {key.split('.')[-1]}: {{key: {key}, levels: {values}}}" for key, values in levels.items())
     num_train = args.train + args.val

@@ -55,7 +55,7 @@ def main() -> int:
 
     from icd_tune.method.data import load_data
     from icd_tune.platform.runner import RunOptions, run_study
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
     from icd_tune.method.teachers import get_teacher
     from icd_tune.method.train import Trainer
 

@@ -71,7 +71,7 @@ def trainer_lr(cfg, data=None):
 
 def test_protocol_paper_reports_the_best_test_epoch_and_keeps_its_weights(tmp_path):
     from icd_tune.method.data import load_data
-    from icd_tune.platform.students import student_state
+    from icd_tune.platform.tracking.students import student_state
 
     cfg = TrialConfig.from_dict({**CONFIG, "protocol": "paper", "data": {k: v for k, v in CONFIG["data"].items()
                                                                          if k != "val_fraction"}})

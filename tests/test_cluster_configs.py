@@ -69,7 +69,7 @@ def readme_torch_pins() -> dict[str, str]:
 
 
 def study_resources() -> tuple[float, float]:
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     settings = load_study(ROOT / STUDY).settings
     return float(settings.cpus_per_trial), float(settings.gpus_per_trial)
@@ -116,9 +116,9 @@ def run_ablation_args(command: str) -> list[str] | None:
 
 def cli_problems(args: list[str], where: str, cluster: bool) -> list[str]:
     """Parse with the real CLI parser and load the study with its --set overrides."""
-    from icd_tune.platform.cli import build_parser
+    from icd_tune.platform.cli.main import build_parser
     from icd_tune.method.schema import ConfigError
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     problems = []
     try:
@@ -408,7 +408,7 @@ def rayjob_problems(docs: list[dict]) -> list[str]:
         args = []
     else:
         p += cli_problems(args, "spec.entrypoint", cluster=True)
-    from icd_tune.platform.cli import build_parser
+    from icd_tune.platform.cli.main import build_parser
 
     try:
         ns = build_parser().parse_args(args) if args else None

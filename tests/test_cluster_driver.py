@@ -8,9 +8,9 @@ on a worker. Loopback only.
 
 import pytest
 
-from icd_tune.platform.cli import main
+from icd_tune.platform.cli.main import main
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -105,8 +105,8 @@ def test_a_cluster_without_node_types_cannot_grow_and_refuses_what_no_node_has(t
 
     import ray
 
-    from icd_tune.platform.ray_internals import autoscaler_report
-    from icd_tune.platform.resources import cluster_growth
+    from icd_tune.platform.raytune.ray_internals import autoscaler_report
+    from icd_tune.platform.raytune.resources import cluster_growth
 
     ray.init(address=joined.address)
     deadline = time.time() + 60

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from icd_tune.platform import console
+from icd_tune.platform.cli import console
 
 
 @pytest.fixture

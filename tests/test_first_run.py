@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from icd_tune.platform import console
+from icd_tune.platform.cli import console
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
-from icd_tune.platform.tracking import default_artifact_root
+from icd_tune.platform.study.definition import load_study
+from icd_tune.platform.tracking.runs import default_artifact_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
     from icd_tune.method.data import load_data
     from icd_tune.method.models import create_model
     from icd_tune.method.train import Trainer
-    from icd_tune.platform.trials import trial_config
+    from icd_tune.platform.study.trials import trial_config
 
     (tmp_path / "common.yaml").write_text("description: written in the file it extends\n")
     path = tiny_study("students", """
@@ -139,7 +139,7 @@ def assert_lineage(client, run, data):
     """The data set as a dataset input with its split sizes and seed; the teacher as tags."""
     import json
 
-    from icd_tune.platform.lineage import data_sha256
+    from icd_tune.platform.tracking.lineage import data_sha256
 
     (dataset_input,) = client.get_run(run.info.run_id).inputs.dataset_inputs
     dataset = dataset_input.dataset

@@ -5,13 +5,13 @@ import time
 
 import torch
 
-from icd_tune.platform.lineage import (EXACT_CACHE, LIVE_TEACHER, NO_TEACHER, TEACHER_OUTPUTS_TAG, TrialLineage,
+from icd_tune.platform.tracking.lineage import (EXACT_CACHE, LIVE_TEACHER, NO_TEACHER, TEACHER_OUTPUTS_TAG, TrialLineage,
                                        data_sha256, dataset_input, file_sha256, teacher_tags)
 from icd_tune.platform.metrics import (SYSTEM_CPU_PERCENT, SYSTEM_METRICS, SYSTEM_RSS_MB, is_logged_metric,
                                        is_trainer_metric)
-from icd_tune.platform.study import load_study
-from icd_tune.platform.study_record import command_line, override_params, written_files
-from icd_tune.platform.system_metrics import SystemSampler, gpu_sample
+from icd_tune.platform.study.definition import load_study
+from icd_tune.platform.tracking.study_record import command_line, override_params, written_files
+from icd_tune.platform.raytune.system_metrics import SystemSampler, gpu_sample
 
 
 def test_system_sampler_reports_cpu_and_memory_and_no_gpu_figures_on_the_cpu():
@@ -35,7 +35,7 @@ def test_system_metrics_are_logged_but_are_not_trainer_metrics():
 def test_prune_keeps_only_the_latest_checkpoint(tmp_path):
     from ray import tune
 
-    from icd_tune.platform.students import prune_checkpoints
+    from icd_tune.platform.tracking.students import prune_checkpoints
 
     for i in range(3):
         (tmp_path / f"checkpoint_00000{i}").mkdir()

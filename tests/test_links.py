@@ -3,7 +3,7 @@
 import json
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from icd_tune.platform.links import compare_link, compare_runs_url, optuna_dashboard_command
+from icd_tune.platform.tracking.links import compare_link, compare_runs_url, optuna_dashboard_command
 
 
 def test_compare_url_carries_url_encoded_json_lists():

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from icd_tune.method.schema import ConfigError
-from icd_tune.platform.cli import EXIT_STATUS_TABLE, build_parser, exit_status, main
+from icd_tune.platform.cli.main import EXIT_STATUS_TABLE, build_parser, exit_status, main
 from icd_tune.platform.preflight import parse_duration
-from icd_tune.platform.resources import Node, Request, growth_from_report, unmet
+from icd_tune.platform.raytune.resources import Node, Request, growth_from_report, unmet
 from icd_tune.platform.smoke import smoke_setup
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "ablations" / "quickstart.yaml"

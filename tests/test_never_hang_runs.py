@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from icd_tune.platform.cli import main
+from icd_tune.platform.cli.main import main
 from icd_tune.platform.smoke import local_cpus
 from icd_tune.platform.stages.plan import STATE_FILE
 

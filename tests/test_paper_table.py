@@ -7,9 +7,9 @@ import pytest
 
 from icd_tune.method.config import resolve_lr
 from icd_tune.method.schema import ConfigError
-from icd_tune.platform.cli import main
-from icd_tune.platform.study import load_study
-from icd_tune.platform.teacher_set import teacher_uses
+from icd_tune.platform.cli.main import main
+from icd_tune.platform.study.definition import load_study
+from icd_tune.platform.study.teachers import teacher_uses
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "ablations" / "paper_table.yaml"
 TEACHERS = ["wrn_40_2", "resnet56", "resnet110", "resnet32x4", "vgg13", "ResNet50"]
@@ -107,7 +107,7 @@ def test_arch_fills_the_template_per_trial(tmp_path):
 
 def test_each_trial_gets_its_own_teacher_and_only_its_own_cache(tmp_path):
     from icd_tune.method.teachers import teacher_identity
-    from icd_tune.platform.trainable import OutputCacheSpec, cached_teacher_outputs, own_teacher
+    from icd_tune.platform.raytune.trainable import OutputCacheSpec, cached_teacher_outputs, own_teacher
 
     study = load_study(PAPER_TABLE, [f"teachers_dir={tmp_path}"])
     points = study.grid_points()

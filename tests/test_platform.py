@@ -15,9 +15,9 @@ import pytest
 
 from ray import tune
 
-from icd_tune.platform.ray_internals import snapshots_taken
+from icd_tune.platform.raytune.ray_internals import snapshots_taken
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

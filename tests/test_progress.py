@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from icd_tune.platform.progress import ProgressCallback
+from icd_tune.platform.raytune.progress import ProgressCallback
 
 
 def trial(tid, status, epoch, value):

@@ -10,7 +10,7 @@ from scipy import stats as scipy_stats
 
 from icd_tune.platform.report import best_configurations, level_table, render_report, write_report
 from icd_tune.platform.report.stats import best_level, check_selection_metric, holm_adjust
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 FACTOR = "invariance_weight"
 ERROR = "diverged at epoch 3: loss term 'invariance' became non-finite"

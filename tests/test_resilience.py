@@ -14,9 +14,9 @@ import pytest
 import torch
 from ray import tune
 
-from icd_tune.platform.cli import main
+from icd_tune.platform.cli.main import main
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 
 from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.stages.plan import STATE_FILE
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from icd_tune.platform.fingerprint import FINGERPRINT_KEY
+from icd_tune.platform.stages.fingerprint import FINGERPRINT_KEY
 from icd_tune.platform.preflight import StudyRunError
 from icd_tune.platform.stages.plan import STATE_FILE, RunOptions, resolve_plan
-from icd_tune.platform.study import load_study
-from icd_tune.platform.trials import CheckpointMismatchError, check_checkpoint_config, trial_config
+from icd_tune.platform.study.definition import load_study
+from icd_tune.platform.study.trials import CheckpointMismatchError, check_checkpoint_config, trial_config
 
 GRID = """
 mode: grid

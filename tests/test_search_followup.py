@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from icd_tune.platform.runner import RunOptions, run_study
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_warm_start_seeds_a_follow_up_search_and_refuses_another_space(finished_
     from conftest import TINY_STUDY
     from optuna.trial import TrialState
 
-    from icd_tune.platform.cli import main
+    from icd_tune.platform.cli.main import main
 
     work, out, _ = finished_search
     earlier = optuna.load_study(study_name="first", storage=f"sqlite:///{out['run_folder'] / 'optuna.db'}")

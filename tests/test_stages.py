@@ -16,8 +16,8 @@ from icd_tune.platform.metrics import PAPER_ONLY, TRAINER_METRICS, trainer_metri
 from icd_tune.platform.preflight import StudyRunError
 from icd_tune.platform.stages.plan import STATE_FILE, RunOptions, planned_trial_epochs, resolve_plan
 from icd_tune.platform.stages.prepare import cache_decision
-from icd_tune.platform.study import load_study
-from icd_tune.platform.trials import TrialDescriber, trial_config, trial_dict
+from icd_tune.platform.study.definition import load_study
+from icd_tune.platform.study.trials import TrialDescriber, trial_config, trial_dict
 
 GRID = """
 mode: grid
@@ -45,8 +45,8 @@ def no_ambient_tracking_uri(monkeypatch):
 
 
 def test_stage_modules_that_need_no_ray_do_not_load_it():
-    code = ("import sys, icd_tune.platform.stages.plan, icd_tune.platform.stages.prepare, icd_tune.platform.trials, "
-            "icd_tune.platform.cli;"
+    code = ("import sys, icd_tune.platform.stages.plan, icd_tune.platform.stages.prepare, icd_tune.platform.study.trials, "
+            "icd_tune.platform.cli.main;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'optuna', 'mlflow'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -190,7 +190,7 @@ def test_searcher_prunes_stopped_trials_and_closes_orphans_without_ray(tmp_path,
     import optuna
     import ray
 
-    from icd_tune.platform.ray_internals import searcher_study
+    from icd_tune.platform.raytune.ray_internals import searcher_study
     from icd_tune.platform.runner import make_searcher, search_domains
 
     study = load_study(tiny_study("prune", SEARCH, epochs=4))

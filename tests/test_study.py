@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from icd_tune.platform.cli import main
+from icd_tune.platform.cli.main import main
 from icd_tune.method.schema import ConfigError
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ import textwrap
 import pytest
 
 from icd_tune.method.schema import ConfigError
-from icd_tune.platform.cli import main
+from icd_tune.platform.cli.main import main
 from icd_tune.platform.metrics import trial_metrics
-from icd_tune.platform.study import load_study
+from icd_tune.platform.study.definition import load_study
 
 BASE = """
 name: checks
@@ -160,7 +160,7 @@ def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction, protoco
     from icd_tune.method.data import load_data
     from icd_tune.method.models import create_model
     from icd_tune.method.train import Trainer
-    from icd_tune.platform.trials import trial_config
+    from icd_tune.platform.study.trials import trial_config
 
     base = {"student": "resnet8", "data": {"name": "synthetic", "num_train": 64, "num_test": 16, "num_classes": 4,
                                            "val_fraction": val_fraction},

@@ -7,7 +7,7 @@ from icd_tune.method.config import TeacherConfig
 from icd_tune.method.models import create_model
 from icd_tune.method.teachers import TeacherCheckpointError, get_teacher, load_teacher_checkpoint, save_teacher
 from icd_tune.method.train import DivergenceError, Trainer
-from icd_tune.platform.trials import trial_config
+from icd_tune.platform.study.trials import trial_config
 
 BASE = {
     "student": "resnet8",

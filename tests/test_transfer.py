@@ -14,8 +14,8 @@ from icd_tune.method.transfer import (feature_bank, features_of, frozen_student,
 from icd_tune.method.transfer_config import TransferConfig
 from icd_tune.method.transfer_data import TargetSet, load_target, missing_target, prepare_targets
 from icd_tune.platform import metrics
-from icd_tune.platform.cli import main
-from icd_tune.platform.trials import definition
+from icd_tune.platform.cli.main import main
+from icd_tune.platform.study.trials import definition
 
 CPU = torch.device("cpu")
 SOURCE = DataConfig(name="synthetic", num_train=200, num_test=80, num_classes=4, val_fraction=0.0)
@@ -183,7 +183,7 @@ def test_the_command_refuses_a_bad_transfer_block_with_exit_2(tmp_path, capsys, 
 
 
 def test_a_transfer_accuracy_may_be_the_reported_metric(tmp_path):
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     path = tmp_path / "reported.yaml"
     path.write_text(textwrap.dedent(STUDY) + "transfer: {datasets: [digits]}\nreport_metric: transfer/digits/acc1\n")
@@ -219,7 +219,7 @@ def test_report_shows_transfer_accuracy_per_level():
 
 def test_smoke_caps_the_probe_and_stands_synthetic_in_for_missing_targets(tmp_path):
     from icd_tune.platform.smoke import smoke_setup
-    from icd_tune.platform.study import load_study
+    from icd_tune.platform.study.definition import load_study
 
     path = tmp_path / "smoke.yaml"
     path.write_text(textwrap.dedent(STUDY) + f"transfer: {{datasets: [stl10, digits], root: {tmp_path / 'none'}}}\n"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import console
+from .cli import console
 from .preflight import StudyRunError
-from .searcher import make_searcher
+from .raytune.searcher import make_searcher
 from .stages.plan import RunOptions, planned_trial_epochs, resolve_plan
 from .stages.prepare import cache_decision, prepare
 from .stages.record import record_and_report
 from .stages.track import open_parent_run
 from .stages.tune import search_domains, tune_trials
-from .study import Study
-from .trainable import icd_trainable
+from .study.definition import Study
+from .raytune.trainable import icd_trainable
 
 
 def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = console.say) -> dict:

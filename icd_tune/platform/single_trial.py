@@ -16,7 +16,7 @@ from ..method.config import TrialConfig
 from ..method.data import load_data
 from ..method.teachers import get_teacher
 from .metrics import EPOCH, TEST_ACC1, TRAIN_LOSS, VAL_ACC1
-from .trials import trial_config
+from .study.trials import trial_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..method.data import missing_data, num_classes, train_size
-from .study_settings import StudySettings
-from .trials import TrialPoint, trial_config
+from .study.settings import StudySettings
+from .study.trials import TrialPoint, trial_config
 
 MIN_SMOKE_IMAGES = 256
 SMOKE_TEST_IMAGES = 128

@@ -15,14 +15,14 @@ from typing import Any
 from pathlib import Path
 
 from ...method.config import TrialConfig
-from ..fingerprint import FINGERPRINT_KEY, check_resume, code_version, listed, study_fingerprint
+from .fingerprint import FINGERPRINT_KEY, check_resume, code_version, listed, study_fingerprint
 from ..preflight import StudyRunError, check_run_options, check_trial_request
 from ..smoke import smoke_setup
-from ..study import Study
-from ..study_settings import StudySettings
-from ..trainable import TrialRunSettings
-from ..trials import TrialDescriber, TrialPoint, trial_config
-from ..warm_start import OPTUNA_DB, load_warm_start
+from ..study.definition import Study
+from ..study.settings import StudySettings
+from ..raytune.trainable import TrialRunSettings
+from ..study.trials import TrialDescriber, TrialPoint, trial_config
+from ..raytune.warm_start import OPTUNA_DB, load_warm_start
 
 STATE_FILE = "study_state.json"
 # The state's list of trials a --resume added to a run, each batch run as an experiment of its own.
@@ -151,7 +151,7 @@ class StudyPlan:
 
     def teacher_uses(self) -> dict:
         """Identity -> ``teacher_set.TeacherUse`` of every distinct teacher the planned trials use (a search: trial0's)."""
-        from ..teacher_set import teacher_uses
+        from ..study.teachers import teacher_uses
 
         return teacher_uses(self.base, self.points or [self.study.first_point()])
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .. import console
+from ..cli import console
 from ..metrics import EPOCH, TEST_ACC1
 from ..preflight import (StudyRunError, check_experiment_storage, check_folder_writable, check_free_space,
                          check_tracking_store, estimate_disk_bytes)
-from ..resources import Growth, Node, Request, check_capacity
+from ..raytune.resources import Growth, Node, Request, check_capacity
 from ..smoke import local_cpus, local_gpus
-from ..trainable import OutputCacheSpec
+from ..raytune.trainable import OutputCacheSpec
 from .plan import StudyPlan, planned_trial_epochs
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def check_inputs(plan: StudyPlan) -> DataBundle:
     from ...method.data import load_data, num_classes, train_size
     from ...method.teachers import load_teacher_checkpoint
 
-    from ..teacher_set import check_checkpoints
+    from ..study.teachers import check_checkpoints
 
     trial0 = plan.trial0
     # Every trial's checkpoint, all missing ones named at once, before the data is downloaded.
@@ -167,7 +167,7 @@ def create_run_folder(plan: StudyPlan) -> None:
 
 
 def announce(plan: StudyPlan, log: Log) -> None:
-    from ..tracking import ui_command
+    from ..tracking.runs import ui_command
 
     study = plan.study
     for note in plan.notes:

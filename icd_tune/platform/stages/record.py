@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..metrics import DIVERGED, EPOCH, ERROR, IMPORTANCE_PREFIX, epochs_done, is_trainer_metric
-from ..published import published_lines
+from ..report.published import published_lines
 from ..report import write_report
-from ..study_record import log_search_storage
+from ..tracking.study_record import log_search_storage
 from ..report.importance import IMPORTANCE_FILE, importance_metrics
-from ..links import COMPARE_URL_TAG, compare_link, optuna_dashboard_command
-from ..tracking import ui_command, ui_runs_url
-from ..trials import TrialDescriber, point_of
+from ..tracking.links import COMPARE_URL_TAG, compare_link, optuna_dashboard_command
+from ..tracking.runs import ui_command, ui_runs_url
+from ..study.trials import TrialDescriber, point_of
 from .plan import StudyPlan
 from .track import ParentRun, close_with_summary
 from .tune import TuneOutcome

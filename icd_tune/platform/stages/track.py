@@ -14,8 +14,8 @@ from typing import Iterable
 
 from ...method.schema import flatten, to_dict
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
-from ..study_record import RESUME_COMMAND_TAG, command_line, log_study_record
-from ..tracking import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
+from ..tracking.study_record import RESUME_COMMAND_TAG, command_line, log_study_record
+from ..tracking.runs import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
 from .plan import ADDITIONS_KEY, StudyPlan
 from .prepare import Prepared
 

@@ -14,16 +14,16 @@ from typing import Any, Callable
 
 from ray import tune
 
-from ..lineage import trial_lineage
+from ..tracking.lineage import trial_lineage
 from ..metrics import EPOCH
-from ..progress import ProgressCallback
-from ..ray_internals import set_restored_callbacks, snapshot_on_trial_changes
-from ..resources import DEFAULT_PENDING_TIMEOUT_S
-from ..searcher import make_searcher
-from ..study import Study
-from ..tracking import MLflowTrialCallback
-from ..trainable import icd_trainable
-from ..watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
+from ..raytune.progress import ProgressCallback
+from ..raytune.ray_internals import set_restored_callbacks, snapshot_on_trial_changes
+from ..raytune.resources import DEFAULT_PENDING_TIMEOUT_S
+from ..raytune.searcher import make_searcher
+from ..study.definition import Study
+from ..tracking.runs import MLflowTrialCallback
+from ..raytune.trainable import icd_trainable
+from ..raytune.watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
 from .plan import FIRST_EXPERIMENT, Experiment, StudyPlan
 from .prepare import Prepared
 from .track import ParentRun, close_interrupted

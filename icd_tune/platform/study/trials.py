@@ -11,8 +11,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
-from ..method.config import TrialConfig
-from ..method.schema import flatten
+from ...method.config import TrialConfig
+from ...method.schema import flatten
 
 # Where a trial runs and finds its inputs, not what it computes: free to change between a
 # run and its --resume (--gpus-per-trial turns device auto into cpu, --data-dir sets data.root).
@@ -54,7 +54,7 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
 
 def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
     """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set."""
-    from .teacher_set import expand_arch
+    from .teachers import expand_arch
 
     data = copy.deepcopy(dict(base))
     for key, value in (overrides.items() if isinstance(overrides, Mapping) else overrides):

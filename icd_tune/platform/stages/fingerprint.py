@@ -19,13 +19,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..method.schema import flatten, to_dict
-from .preflight import StudyRunError
-from .trials import changed_keys, definition
-from .versions import git_commit
+from ...method.schema import flatten, to_dict
+from ..preflight import StudyRunError
+from ..study.trials import changed_keys, definition
+from ..versions import git_commit
 
 if TYPE_CHECKING:
-    from .stages.plan import StudyPlan
+    from .plan import StudyPlan
 
 FINGERPRINT_KEY = "fingerprint"
 # How many added or changed trials a message lists by name before it counts the rest.

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..method.config import TrialConfig
-from ..method.data import train_size
-from ..method.losses import check_negative_count
-from ..method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
-from .study_checks import check_modes, check_protocol, check_trials, protocol_defaults
-from .study_settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
-from .study_yaml import check_override_key, load_with_extends, parse_override, read_yaml
-from .published import check_reported
-from .teacher_set import expand_teachers_dir
+from ...method.config import TrialConfig
+from ...method.data import train_size
+from ...method.losses import check_negative_count
+from ...method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
+from .checks import check_modes, check_protocol, check_trials, protocol_defaults
+from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
+from .files import check_override_key, load_with_extends, parse_override, read_yaml
+from ..report.published import check_reported
+from .teachers import expand_teachers_dir
 from .trials import TrialPoint, set_path, short_name, trial_config
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -323,7 +323,7 @@ def _check_asha(study: Study) -> None:
 
 def resolved_study(study: Study) -> dict:
     """The study after ``extends`` and ``--set``, every default filled in: what runs."""
-    from ..method.schema import to_dict
+    from ...method.schema import to_dict
 
     settings = to_dict(study.settings)
     return {"name": settings.pop("name"), **study.base, **settings}

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trials import point_of, trial_config
+from ..study.trials import point_of, trial_config
 
 if TYPE_CHECKING:
-    from ..method.data import DataBundle
+    from ...method.data import DataBundle
 
 DATASET_CONTEXT = "training"
 TEACHER_ARCH_TAG = "icd_tune.teacher.arch"
@@ -61,7 +61,7 @@ def dataset_input(data: DataBundle, data_cfg):
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from ..method.schema import to_dict
+    from ...method.schema import to_dict
 
     profile = dataset_properties(data, data_cfg)
     recipe = {k: v for k, v in to_dict(data_cfg).items() if k != "root"}  # the root is this machine's
@@ -96,7 +96,7 @@ class TrialLineage:
     teachers: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)
 
     def tags(self, config: dict) -> dict[str, str]:
-        from ..method.teachers import teacher_identity
+        from ...method.teachers import teacher_identity
 
         point = point_of(config, self.default_seed)
         cfg = trial_config(self.base, point.overrides, point.seed)
@@ -116,7 +116,7 @@ class TrialLineage:
 
 def trial_lineage(plan, prepared) -> TrialLineage:
     """From the plan and what the prepare stage loaded (``stages.plan.StudyPlan``, ``stages.prepare.Prepared``)."""
-    from ..method.teachers import teacher_identity
+    from ...method.teachers import teacher_identity
 
     trial0 = plan.trial0
     lineage = TrialLineage(plan.base, plan.settings.seeds[0], datasets=[dataset_input(prepared.data, trial0.data)])

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..method.config import TeacherConfig
-from ..method.schema import ConfigError
+from ...method.config import TeacherConfig
+from ...method.schema import ConfigError
 from .trials import TrialPoint, trial_config
 
 PLACEHOLDERS = ("teachers_dir", "arch")
@@ -67,7 +67,7 @@ def expand_arch(data: dict) -> dict:
 
 def teacher_uses(base: dict, points: Iterable[TrialPoint]) -> dict[str, TeacherUse]:
     """Identity -> the teacher and the trials that use it, in first-use order; trials without a teacher left out."""
-    from ..method.teachers import teacher_identity
+    from ...method.teachers import teacher_identity
 
     uses: dict[str, TeacherUse] = {}
     for point in points:
@@ -94,7 +94,7 @@ def missing_text(uses: Iterable[TeacherUse]) -> str | None:
 
 def check_checkpoints(uses: dict[str, TeacherUse], num_classes: int) -> None:
     """Refuses a run whose teacher checkpoints are missing (listing all of them) or do not fit their architecture."""
-    from ..method.teachers import TeacherCheckpointError, load_teacher_checkpoint
+    from ...method.teachers import TeacherCheckpointError, load_teacher_checkpoint
 
     text = missing_text(uses.values())
     if text:

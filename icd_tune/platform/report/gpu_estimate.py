@@ -34,7 +34,7 @@ BASIS = (f"measured: {REFERENCE_TEACHER} -> {REFERENCE_STUDENT} ICD, {REFERENCE_
 
 def step_ratio(teacher: str | None, student: str, num_classes: int = 100) -> tuple[float, str]:
     """A trial's step time relative to the reference pair, and how it was obtained."""
-    from ..method.flops import step_flops
+    from ...method.flops import step_flops
 
     if (teacher, student) in MEASURED_RATIO:
         return MEASURED_RATIO[(teacher, student)], "measured"
@@ -55,8 +55,8 @@ class PairCost:
 
 def trial_hours(cfg) -> tuple[int, tuple[float, float], str]:
     """(FLOPs per training image, (low, high) hours of one trial with this config, how its step time was obtained)."""
-    from ..method.data import num_classes, train_size
-    from ..method.flops import step_flops
+    from ...method.data import num_classes, train_size
+    from ...method.flops import step_flops
 
     classes = num_classes(cfg.data)
     teacher = cfg.teacher.arch if cfg.loss.uses_teacher else None

@@ -11,7 +11,7 @@ import json
 import math
 from urllib.parse import quote
 
-from .tracking import PARENT_TAG
+from .runs import PARENT_TAG
 
 COMPARE_LIMIT = 50  # the compare view stays readable (and the URL short) up to about this many runs
 COMPARE_URL_TAG = "icd_tune.compare_url"

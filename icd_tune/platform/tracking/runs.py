@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 from ray import tune
 
-from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
-from .ray_internals import snapshots_taken
-from .versions import git_commit, package_versions
+from ..metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
+from ..raytune.ray_internals import snapshots_taken
+from ..versions import git_commit, package_versions
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -242,7 +242,7 @@ class MLflowTrialCallback(tune.Callback):
 
     def log_student(self, trial, run_id: str) -> None:
         from .students import log_student
-        from .trainable import CHECKPOINT_FILE
+        from ..raytune.trainable import CHECKPOINT_FILE
 
         checkpoint = trial.checkpoint
         if checkpoint is None:

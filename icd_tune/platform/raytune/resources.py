@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .preflight import StudyRunError
+from ..preflight import StudyRunError
 
 # The read-only autoscaler (a cluster started without a cluster config) names each node's type after
 # the node: ray/autoscaler/_private/util.py format_readonly_node_type.

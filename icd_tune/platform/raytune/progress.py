@@ -8,8 +8,8 @@ from typing import Callable
 
 from ray import tune
 
-from . import console
-from .metrics import DIVERGED, ERROR, epochs_done
+from ..cli import console
+from ..metrics import DIVERGED, ERROR, epochs_done
 
 
 class ProgressCallback(tune.Callback):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .study import Study, resolved_study
-from .study_yaml import extends_chain, parse_override
-from .warm_start import OPTUNA_DB
+from ..study.definition import Study, resolved_study
+from ..study.files import extends_chain, parse_override
+from ..raytune.warm_start import OPTUNA_DB
 
 STUDY_ARTIFACTS = "study"
 WRITTEN_DIR = f"{STUDY_ARTIFACTS}/written"

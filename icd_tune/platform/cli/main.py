@@ -26,7 +26,7 @@ EXIT_STATUS_TABLE = """exit status:
 
 
 def duration(text: str) -> float:
-    from .preflight import parse_duration
+    from ..preflight import parse_duration
 
     try:
         return parse_duration(text)
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_plan(study, out=None, on_cluster: bool = False) -> None:
-    from .study import resolved_study
+    from ..study.definition import resolved_study
 
     out = out or sys.stdout
 
@@ -82,7 +82,7 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
     print(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None).rstrip(), file=out)
     print("", file=out)
     epochs = study.max_epochs()
-    from .report.paper import PROTOCOL_TEXT
+    from ..report.paper import PROTOCOL_TEXT
 
     protocol = study.base.get("protocol", "validation")
     print(f"# protocol {PROTOCOL_TEXT[protocol]}", file=out)
@@ -118,18 +118,18 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
 def _print_teachers(study, out) -> bool:
     """A study of several teachers or with published numbers: each teacher (missing ones marked), the published
     table and a GPU-hours estimate. False for a single-teacher study, which prints its one teacher line."""
-    from .gpu_estimate import estimate_lines
-    from .published import published_lines
-    from .teacher_set import teacher_uses
+    from ..report.gpu_estimate import estimate_lines
+    from ..report.published import published_lines
+    from ..study.teachers import teacher_uses
 
     points = study.grid_points() if study.settings.mode == "grid" else [study.first_point()]
     uses = teacher_uses(study.base, points)
     if len(uses) < 2 and not study.settings.reported:
         return False
-    from ..method.data import num_classes, train_size
-    from ..method.models import feature_dim
-    from ..method.output_cache import cache_size_bytes
-    from ..method.teacher_outputs import decide_cache
+    from ...method.data import num_classes, train_size
+    from ...method.models import feature_dim
+    from ...method.output_cache import cache_size_bytes
+    from ...method.teacher_outputs import decide_cache
 
     seeds = len(study.settings.seeds)
     print(f"# study points: {len(points) // seeds} x {seeds} seed(s) = {len(points)} trials", file=out)
@@ -158,11 +158,11 @@ def _print_teachers(study, out) -> bool:
 
 
 def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
-    from ..method.data import num_classes, train_size
-    from ..method.models import feature_dim
-    from .stages.plan import planned_trial_epochs
-    from .stages.prepare import cache_decision
-    from ..method.output_cache import build_cost_teacher_epochs, cache_size_bytes
+    from ...method.data import num_classes, train_size
+    from ...method.models import feature_dim
+    from ..stages.plan import planned_trial_epochs
+    from ..stages.prepare import cache_decision
+    from ...method.output_cache import build_cost_teacher_epochs, cache_size_bytes
 
     trial0 = study.trial_config(study.settings.seeds[0], study.first_point().overrides)
     t = trial0.teacher
@@ -177,9 +177,9 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from ..method.schema import ConfigError
-    from .preflight import StudyRunError
-    from .study import load_study
+    from ...method.schema import ConfigError
+    from ..preflight import StudyRunError
+    from ..study.definition import load_study
 
     try:
         study = load_study(args.study, args.set)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_options(args, study) -> None:
-    from .preflight import check_run_options, check_trial_request
+    from ..preflight import check_run_options, check_trial_request
 
     pending = None if args.pending_timeout is None else args.pending_timeout * 60
     check_run_options(args.max_concurrent, args.time_budget, pending)
@@ -206,11 +206,11 @@ def check_options(args, study) -> None:
 
 
 def run(args, argv: list[str], study) -> int:
-    from ..method.data import DataUnavailableError
-    from ..method.teachers import TeacherCheckpointError
-    from .resources import PendingTimeoutError
-    from .runner import RunOptions, StudyRunError, run_study
-    from .watchdog import Terminated, raise_terminated
+    from ...method.data import DataUnavailableError
+    from ...method.teachers import TeacherCheckpointError
+    from ..raytune.resources import PendingTimeoutError
+    from ..runner import RunOptions, StudyRunError, run_study
+    from ..raytune.watchdog import Terminated, raise_terminated
 
     opts = RunOptions(smoke=args.smoke, resume=args.resume, address=args.address, storage=args.storage,
                       tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,
@@ -247,7 +247,7 @@ def run(args, argv: list[str], study) -> int:
 
 def exit_status(result: dict, allow_failed: bool = False) -> tuple[int, str | None]:
     """The exit status of a finished run and the line printed last (README "Exit status")."""
-    from .watchdog import PENDING, SIGINT, SIGTERM, TIME_BUDGET
+    from ..raytune.watchdog import PENDING, SIGINT, SIGTERM, TIME_BUDGET
 
     trials = result["trials"]
     failed = [t for t in trials if t["status"] == "failed"]

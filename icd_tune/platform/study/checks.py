@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..method.config import TrialConfig
-from ..method.data import val_size
-from ..method.schema import ConfigError, suggest
-from .metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1, TRAIN_LOGIT_SCALE,
+from ...method.config import TrialConfig
+from ...method.data import val_size
+from ...method.schema import ConfigError, suggest
+from ..metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1, TRAIN_LOGIT_SCALE,
                       TRAIN_LOSS, TRANSFER_PREFIX, VAL_ACC1, metric_direction, trainer_metrics, transfer_metrics,
                       trial_metrics)
-from .study_settings import StudySettings
+from .settings import StudySettings
 
 # (display name, resolved config) of every trial a grid plans, or of corners of a search space.
 Trials = Sequence[tuple[str, TrialConfig]]

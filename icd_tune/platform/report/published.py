@@ -13,7 +13,7 @@ import math
 import statistics
 from typing import Any, Mapping, Sequence
 
-from ..method.schema import ConfigError, join_path
+from ...method.schema import ConfigError, join_path
 
 REFERENCE_KEYS = ("teacher", "student")
 
@@ -83,7 +83,7 @@ def published_lines(settings, factors: Sequence[str], methods: Sequence[str], tr
     """The report section (also the dry-run's table, with no trials): measured, published, difference."""
     if not settings.reported or len(factors) < 2:
         return []
-    from .report.markdown import _md_table
+    from .markdown import _md_table
 
     source = f" ({settings.reported_source})" if settings.reported_source else ""
     rows = comparison_rows(settings.reported, methods, measured(trials, factors, metric))

@@ -6,9 +6,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import DIVERGED, EPOCH, ERROR, NODE_ID
+from ..metrics import DIVERGED, EPOCH, ERROR, NODE_ID
 from .system_metrics import SystemSampler
-from .trials import check_checkpoint_config, point_of, trial_config
+from ..study.trials import check_checkpoint_config, point_of, trial_config
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -40,7 +40,7 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
     import torch
     from ray import tune
 
-    from ..method.train import Trainer
+    from ...method.train import Trainer
 
     point = point_of(config, run_settings.seeds[0])
     cfg = trial_config(base, point.overrides, point.seed)
@@ -62,7 +62,7 @@ def own_teacher(cfg, teacher, teachers: dict | None):
     """This trial's teacher among a study's several (by identity), else the study's one."""
     if not teachers or not cfg.loss.uses_teacher:
         return teacher
-    from ..method.teachers import teacher_identity
+    from ...method.teachers import teacher_identity
 
     return teachers[teacher_identity(cfg.teacher)]
 
@@ -72,13 +72,13 @@ def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | N
     if output_cache is None or not cfg.loss.uses_teacher:
         return None
     if output_cache.teachers is not None:
-        from ..method.teachers import teacher_identity
+        from ...method.teachers import teacher_identity
 
         if teacher_identity(cfg.teacher) not in output_cache.teachers:
             return None  # this teacher's cache is off (too large for the budget, say)
-    from ..method.device import resolve_device
-    from ..method.output_cache import get_or_build_cache
-    from ..method.teacher_outputs import CachedTeacher
+    from ...method.device import resolve_device
+    from ...method.output_cache import get_or_build_cache
+    from ...method.teacher_outputs import CachedTeacher
 
     # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
     cache = get_or_build_cache(teacher, data, output_cache.folder, dtype=output_cache.dtype,
@@ -92,7 +92,7 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
     import ray
     from ray import tune
 
-    from ..method.train import DivergenceError
+    from ...method.train import DivergenceError
 
     node_id = ray.get_runtime_context().get_node_id()
     metric = run_settings.metric
@@ -105,7 +105,7 @@ def report_epochs(trainer, run_settings: TrialRunSettings) -> None:
             metrics[NODE_ID] = node_id
             if trainer.epoch == trainer.cfg.optim.epochs and trainer.cfg.transfer is not None:
                 # The probe's accuracies join the last epoch's result, so Tune, MLflow and the report see them.
-                from ..method.transfer import run_transfer
+                from ...method.transfer import run_transfer
 
                 metrics.update(run_transfer(trainer, log=print))
             if sampler is not None:

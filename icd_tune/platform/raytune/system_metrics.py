@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from .metrics import SYSTEM_CPU_PERCENT, SYSTEM_GPU_MEMORY_MB, SYSTEM_GPU_UTILIZATION, SYSTEM_RSS_MB
+from ..metrics import SYSTEM_CPU_PERCENT, SYSTEM_GPU_MEMORY_MB, SYSTEM_GPU_UTILIZATION, SYSTEM_RSS_MB
 
 MB = 2**20
 

@@ -20,10 +20,10 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from .metrics import DIVERGED, EPOCH, ERROR, result_step
+from ..metrics import DIVERGED, EPOCH, ERROR, result_step
 from .ray_internals import (optuna_trial_id, searcher_closed_trials, searcher_study, searcher_trials,
                             set_stored_user_attr, stored_trial)
-from .study import Study
+from ..study.definition import Study
 from .warm_start import WARM_START_ATTR, WarmStart
 
 ORPHANED = "orphaned: its driver was interrupted before Ray recorded it"

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from ray import tune
 
-from . import console
+from ..cli import console
 from .ray_internals import request_tune_stop
 from .resources import amount
 

@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from ..method.config import TrialConfig
-from ..method.schema import join_path, require
-from .metrics import TEST_ACC1_AT_BEST_VAL, VAL_ACC1
+from ...method.config import TrialConfig
+from ...method.schema import join_path, require
+from ..metrics import TEST_ACC1_AT_BEST_VAL, VAL_ACC1
 
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.name != "seed")
 

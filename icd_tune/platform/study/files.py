@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from ..method.config import TrialConfig
-from ..method.schema import ConfigError, join_path, suggest
-from .study_settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
+from ...method.config import TrialConfig
+from ...method.schema import ConfigError, join_path, suggest
+from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 
 
 def read_yaml(path: Path) -> dict:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .preflight import StudyRunError
-from .study import Study
+from ..preflight import StudyRunError
+from ..study.definition import Study
 
 OPTUNA_DB = "optuna.db"
 WARM_START_ATTR = "warm_start_from"  # on the new study: where its seeded trials came from
@@ -69,7 +69,7 @@ def space_distributions(study: Study) -> dict:
     """This study's search space as the Optuna distributions Ray's OptunaSearch gives its trials."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from .stages.tune import search_domains
+    from ..stages.tune import search_domains
 
     return OptunaSearch.convert_search_space({"params": search_domains(study)})
 

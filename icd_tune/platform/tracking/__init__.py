@@ -1,0 +1,1 @@
+"""MLflow: the parent and child runs, lineage, the students as artifacts, the study record, compare links."""
