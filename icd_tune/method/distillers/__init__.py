@@ -1,39 +1,32 @@
 """Distillation methods: a YAML name -> a Distiller class.
 
-A method is one module with a class decorated by ``@register_method("name")``
-plus its import line below. A Distiller's training step returns the student's
-logits and a dict of named, unweighted loss terms; ``weights`` says how the
-training loop sums them. Term names become metric names (``train/loss_<name>``).
+A method is one module in this folder plus its line in ``METHODS`` below, which names
+the class by import path. Classes are imported when first asked for, so that reading a
+config (which checks the name) never imports a method, and a method may import the
+config without an import circle. A Distiller's training step returns the student's
+logits and a dict of named, unweighted loss terms; ``weights`` says how the training
+loop sums them. Term names become metric names (``train/loss_<name>``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
 
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in _METHODS:
-            raise ValueError(f"method '{name}' registered twice")
-        _METHODS[name] = cls
-        cls.method_name = name
-        return cls
-
-    return decorate
+METHODS: dict[str, str] = {
+    "icd": "icd_tune.method.distillers.icd:ICDDistiller",
+}
 
 
 def get_method(name: str) -> type:
-    if name not in _METHODS:
+    if name not in METHODS:
         from ..schema import suggest
 
-        raise ValueError(f"unknown method '{name}'{suggest(name, _METHODS)}")
-    return _METHODS[name]
+        raise ValueError(f"unknown method '{name}'{suggest(name, METHODS)}")
+    module, _, attr = METHODS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    cls.method_name = name
+    return cls
 
 
 def method_names() -> tuple[str, ...]:
-    return tuple(_METHODS)
-
-
-from . import icd  # noqa: E402,F401  (registers "icd")
+    return tuple(METHODS)

@@ -11,10 +11,8 @@ import torch.nn as nn
 
 from ..config import LossConfig
 from ..losses import ICDHead, ce_loss, kd_loss
-from . import register_method
 
 
-@register_method("icd")
 class ICDDistiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: LossConfig, student_dim: int,
                  teacher_dim: int | None, num_train: int, batch_size: int, seed: int = 0):

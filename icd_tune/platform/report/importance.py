@@ -117,7 +117,7 @@ def evaluate(rows: list[tuple[dict, float]], dists: dict, mode: str) -> tuple[di
 
 def render_importance(result: Mapping) -> str:
     """The report's section: a table of each key's share per evaluator, and what it rests on."""
-    from .markdown import _md_table
+    from .tables import md_table
 
     lines = [f"## Factor importance on {result['metric']} ({result['mode']})", ""]
     if result.get("reason"):
@@ -132,7 +132,7 @@ def render_importance(result: Mapping) -> str:
     first = next(iter(result["importance"].values()))
     body = [[key, *(f"{shares[key]:.3f}" for shares in result["importance"].values())]
             for key in sorted(result["keys"], key=lambda k: -first[k])]
-    lines += ["", _md_table(["key", *result["importance"]], body, [False] + [True] * len(result["importance"]))]
+    lines += ["", md_table(["key", *result["importance"]], body, [False] + [True] * len(result["importance"]))]
     return "\n".join(lines)
 
 

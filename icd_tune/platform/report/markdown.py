@@ -6,7 +6,6 @@ import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 from .stats import (
-    _NA,
     COMPLETED,
     FAILED,
     MIN_PAIRS,
@@ -14,10 +13,8 @@ from .stats import (
     UNFINISHED,
     _check_mode,
     _failed,
-    _find_level,
     _fmt_num,
     _fmt_value,
-    _group_by_level,
     _number,
     best_configurations,
     best_level,
@@ -26,38 +23,11 @@ from .stats import (
     selection_label,
 )
 
+from .tables import comparison_lines, factor_opening, fmt_mean_std, md_table
 from .transfer import transfer_section
 from .paper import paper_factor_lines, paper_method_lines, protocol_lines
 
 _AT_BEST_VAL = "_at_best_val"
-
-
-def _md_cell(text: str) -> str:
-    # A literal pipe would split a markdown table cell.
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-              right: Sequence[bool]) -> str:
-    """A pipe table padded to fixed widths, so it reads in a terminal as is."""
-    cells = [[_md_cell(h) for h in headers]] + [[_md_cell(c) for c in r] for r in rows]
-    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(headers))]
-
-    def line(row):
-        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
-        return "| " + " | ".join(parts) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2))
-                         for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
-
-
-def _fmt_mean_std(mean, std, n, expected) -> str:
-    if mean is None:
-        return _NA
-    text = _fmt_num(mean) + (f" +- {_fmt_num(std)}" if std is not None else " +- n/a")
-    # Flag means over fewer trials than ran OK (some did not report the metric).
-    return text + (f" (n={n})" if n != expected else "")
 
 
 def _last_epoch_name(metric: str) -> str | None:
@@ -66,33 +36,6 @@ def _last_epoch_name(metric: str) -> str | None:
     if metric.endswith(_AT_BEST_VAL):
         return metric[: -len(_AT_BEST_VAL)]
     return None
-
-
-def _fmt_diff(row: Mapping) -> str:
-    if row.get("is_baseline"):
-        return "(baseline)"
-    n = row.get("diff_n", 0)
-    if n == 0:
-        return "n/a (no paired seeds)"
-    mean = _fmt_num(row["diff_mean"], signed=True)
-    if not row.get("informative"):
-        return f"{mean} (n={n}) n < {MIN_PAIRS}: interval not informative"
-    return (f"{mean} [{_fmt_num(row['diff_ci_low'], signed=True)}, "
-            f"{_fmt_num(row['diff_ci_high'], signed=True)}] (n={n})")
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return _NA
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _p_cells(row: Mapping) -> list[str]:
-    if row.get("is_baseline") or not row.get("informative"):
-        return ["-", "-"]
-    if row.get("p_value") is None:
-        return ["n/a (no spread)", "-"]
-    return [_fmt_p(row["p_value"]), _fmt_p(row.get("p_holm"))]
 
 
 def _baseline_for(baseline: Any, factor: str) -> Any:
@@ -106,43 +49,12 @@ def _level_cells(row: Mapping, also: Sequence[str]) -> list[str]:
     done = row["n_completed"]
     cells = [_fmt_value(row["level"]), str(row["n"]), str(done), str(row["n_stopped"]),
              str(row["n_failed"]),
-             _fmt_mean_std(row["select_mean"], row["select_std"], row["select_n"], done),
-             _fmt_mean_std(row["metric_mean"], row["metric_std"], row["metric_n"], done)]
+             fmt_mean_std(row["select_mean"], row["select_std"], row["select_n"], done),
+             fmt_mean_std(row["metric_mean"], row["metric_std"], row["metric_n"], done)]
     for name in also:
         s = row["also"][name]
-        cells.append(_fmt_mean_std(s["mean"], s["std"], s["n"], done))
+        cells.append(fmt_mean_std(s["mean"], s["std"], s["n"], done))
     return cells + [_fmt_num(row["epochs_mean"], 1)]
-
-
-def _comparison_lines(rows: Sequence[Mapping], factor: str, baseline: Any,
-                      metric: str) -> list[str]:
-    headers = ["level", f"diff vs {_fmt_value(baseline)} [95% CI]", "d_z", "p", "p (Holm)"]
-    body = [[_fmt_value(r["level"]), _fmt_diff(r),
-             "-" if r.get("is_baseline") else _fmt_num(r.get("diff_dz"), signed=True),
-             *_p_cells(r)] for r in rows]
-    title = (f"{metric} against {factor}={_fmt_value(baseline)}, paired by seed "
-             "(completed trials):")
-    return [title, "", _md_table(headers, body, [False, False, True, True, True]), ""]
-
-
-def factor_opening(trials, factor, baseline) -> tuple[list[str], dict | None, list, Any, str | None]:
-    """A factor section's opening, shared by both protocols' reports.
-
-    Returns its heading lines (the whole section when no trial has a level: then the groups are
-    None), the trials by level, those without a level, the baseline's level (None when there is no
-    baseline or it is not a level) and, in that last case, the note saying so.
-    """
-    lines = [f"## Factor: {factor}", ""]
-    groups, missing = _group_by_level(trials, factor)
-    if not groups:
-        return lines + [f"No trial has a level for '{factor}'.", ""], None, missing, None, None
-    if baseline is None:
-        return lines, groups, missing, None, None
-    try:
-        return lines, groups, missing, _find_level(groups, baseline), None
-    except ValueError:
-        return lines, groups, missing, None, (f"Baseline {_fmt_value(baseline)!s} is not a level of '{factor}'; "
-                                              "no differences shown.")
 
 
 def _factor_section(trials, factor, baseline, metric, selection_metric, mode) -> list[str]:
@@ -159,13 +71,13 @@ def _factor_section(trials, factor, baseline, metric, selection_metric, mode) ->
     headers = ["level", "n", "completed", "stopped", "failed", label, metric,
                *[f"{n} (last epoch)" for n in also], "epochs"]
     right = [False] + [True] * (len(headers) - 1)
-    lines += [_md_table(headers, [_level_cells(r, also) for r in rows], right), ""]
+    lines += [md_table(headers, [_level_cells(r, also) for r in rows], right), ""]
 
     best = best_level(rows, mode)
     if best is not None:
         lines.append(f"Best level by mean {label} (selected on validation, {mode}): "
                      f"{_fmt_value(best['level'])}; its {metric}: "
-                     + _fmt_mean_std(best["metric_mean"], best["metric_std"],
+                     + fmt_mean_std(best["metric_mean"], best["metric_std"],
                                      best["metric_n"], best["n_completed"]))
     elif len(rows) > 1:
         lines.append(f"No best level: fewer than two levels have a completed trial with {label}.")
@@ -178,7 +90,7 @@ def _factor_section(trials, factor, baseline, metric, selection_metric, mode) ->
     if lines[-1] != "":
         lines.append("")
     if baseline is not None:
-        lines += _comparison_lines(rows, factor, baseline, metric)
+        lines += comparison_lines(rows, factor, baseline, metric)
     return lines
 
 
@@ -239,7 +151,7 @@ def _stopped_section(trials, selection_metric) -> list[str]:
     body = [[str(t.get("trial_id")), _levels_text(t), _fmt_value(t.get("seed")),
              _fmt_value(t.get("epochs")),
              _fmt_num(_number((t.get("final") or {}).get(selection_metric)))] for t in stopped]
-    return lines + [_md_table(headers, body, [False, False, True, True, True]), ""]
+    return lines + [md_table(headers, body, [False, False, True, True, True]), ""]
 
 
 def _unfinished_section(trials, selection_metric) -> list[str]:
@@ -252,7 +164,7 @@ def _unfinished_section(trials, selection_metric) -> list[str]:
     headers = ["trial", "level", "seed", "epoch reached", f"last {selection_metric}"]
     body = [[str(t.get("trial_id")), _levels_text(t), _fmt_value(t.get("seed")), _fmt_value(t.get("epochs")),
              _fmt_num(_number((t.get("final") or {}).get(selection_metric)))] for t in unfinished]
-    return lines + [_md_table(headers, body, [False, False, True, True, True]), ""]
+    return lines + [md_table(headers, body, [False, False, True, True, True]), ""]
 
 
 def _failed_section(trials) -> list[str]:
@@ -354,7 +266,7 @@ def render_report(study_name: str, trials: Sequence[Mapping], factors: Iterable[
         else:
             lines += _factor_section(trials, factor, _baseline_for(baseline, factor),
                                      metric, selection_metric, mode)
-    lines += transfer_section(trials, factors, _md_table)
+    lines += transfer_section(trials, factors, md_table)
     lines += list(extra)
     if not paper:
         lines += _best_section(trials, metric, selection_metric, mode, top=3 if factors else 5)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .stats import _completed, _failed, _final, _fmt_value, _mean_std, _paired_diff
 from .stats import _apply_holm, STOPPED
+from .tables import comparison_lines, factor_opening, fmt_mean_std, md_table
 
 PROTOCOL_TEXT = {
     "validation": ("validation: a held-out share of the training images selects epochs, levels and configurations; "
@@ -43,15 +44,11 @@ def paper_method_lines(metric: str, compared: bool) -> list[str]:
 
 
 def _cell(values: Sequence[float], done: int) -> str:
-    from .markdown import _fmt_mean_std
-
     mean, std = _mean_std(values)
-    return _fmt_mean_std(mean, std, len(values), done)
+    return fmt_mean_std(mean, std, len(values), done)
 
 
 def paper_factor_lines(trials: Sequence[Mapping], factor: str, baseline: Any, metric: str) -> list[str]:
-    from .markdown import _comparison_lines, _md_table, factor_opening
-
     lines, groups, missing, base_key, note = factor_opening(trials, factor, baseline)
     if groups is None:
         return lines
@@ -73,12 +70,12 @@ def paper_factor_lines(trials: Sequence[Mapping], factor: str, baseline: Any, me
         rows.append(row)
     headers = ["level", "n", "completed", "stopped", "failed", f"{metric} (selected on test)",
                f"{LAST_EPOCH} (last epoch)"]
-    lines += [_md_table(headers, body, [False] + [True] * 6), ""]
+    lines += [md_table(headers, body, [False] + [True] * 6), ""]
     if note:
         lines += [note, ""]
     if missing:
         lines += [f"{len(missing)} trial(s) without a level for '{factor}' are not in this table.", ""]
     if baseline is not None:
         _apply_holm(rows)
-        lines += _comparison_lines(rows, factor, baseline, metric)
+        lines += comparison_lines(rows, factor, baseline, metric)
     return lines

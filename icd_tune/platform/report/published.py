@@ -83,7 +83,7 @@ def published_lines(settings, factors: Sequence[str], methods: Sequence[str], tr
     """The report section (also the dry-run's table, with no trials): measured, published, difference."""
     if not settings.reported or len(factors) < 2:
         return []
-    from .markdown import _md_table
+    from .tables import md_table
 
     source = f" ({settings.reported_source})" if settings.reported_source else ""
     rows = comparison_rows(settings.reported, methods, measured(trials, factors, metric))
@@ -92,4 +92,4 @@ def published_lines(settings, factors: Sequence[str], methods: Sequence[str], tr
     return [f"## Published numbers{source}", "",
             f"Measured: {metric}, mean +- sample std over seeds (completed trials); difference = measured mean - "
             f"published. Teacher and student columns are published numbers, printed, not run.", "",
-            _md_table(headers, rows, [False, True, True, False, True, True, True]), ""]
+            md_table(headers, rows, [False, True, True, False, True, True, True]), ""]

@@ -55,16 +55,6 @@ def expand_teachers_dir(data: dict) -> None:
     data["teacher"] = {**teacher, "checkpoint": template.replace("{teachers_dir}", resolved)}
 
 
-def expand_arch(data: dict) -> dict:
-    """A plain trial dict with ``{arch}`` in its teacher checkpoint replaced by its teacher.arch."""
-    teacher = data.get("teacher")
-    path = teacher.get("checkpoint") if isinstance(teacher, dict) else None
-    if isinstance(path, str) and "{arch}" in path:
-        arch = teacher.get("arch", TeacherConfig().arch)
-        data["teacher"] = {**teacher, "checkpoint": path.replace("{arch}", str(arch))}
-    return data
-
-
 def teacher_uses(base: dict, points: Iterable[TrialPoint]) -> dict[str, TeacherUse]:
     """Identity -> the teacher and the trials that use it, in first-use order; trials without a teacher left out."""
     from ...method.teachers import teacher_identity

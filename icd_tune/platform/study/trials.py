@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
-from ...method.config import TrialConfig
+from ...method.config import TeacherConfig, TrialConfig
 from ...method.schema import flatten
 
 # Where a trial runs and finds its inputs, not what it computes: free to change between a
@@ -52,10 +52,18 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def expand_arch(data: dict) -> dict:
+    """A plain trial dict with ``{arch}`` in its teacher checkpoint replaced by its teacher.arch."""
+    teacher = data.get("teacher")
+    path = teacher.get("checkpoint") if isinstance(teacher, dict) else None
+    if isinstance(path, str) and "{arch}" in path:
+        arch = teacher.get("arch", TeacherConfig().arch)
+        data["teacher"] = {**teacher, "checkpoint": path.replace("{arch}", str(arch))}
+    return data
+
+
 def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
     """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set."""
-    from .teachers import expand_arch
-
     data = copy.deepcopy(dict(base))
     for key, value in (overrides.items() if isinstance(overrides, Mapping) else overrides):
         set_path(data, key, value)
