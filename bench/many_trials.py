@@ -88,7 +88,7 @@ def trial_compute_seconds(study) -> float:
     from icd_tune.method.train import Trainer
 
     point = study.first_point()
-    cfg = study.trial_config(point.seed, point.overrides)
+    cfg = study.trial_config(point.overrides, point.seed)
     data = load_data(cfg.data)
     teacher, _ = get_teacher(cfg.teacher, data, cfg.data, device="cpu", cache_dir=tempfile.mkdtemp(), log=lambda *_: None)
     Trainer(cfg, data, teacher).fit()  # warm-up

@@ -29,7 +29,7 @@ def epoch_costs(overrides: list[str]) -> tuple[float, float, object]:
 
     study = load_study(ROOT / "ablations" / "quickstart.yaml", overrides)
     p = study.grid_points()[1]  # a level with the invariance term on
-    cfg = study.trial_config(p.seed, p.overrides)
+    cfg = study.trial_config(p.overrides, p.seed)
     cfg.device = "cpu"
     data = load_data(cfg.data)
     teacher_cfg = teacher_trial_config(cfg.teacher, cfg.data, "cpu")
@@ -68,7 +68,7 @@ def main() -> None:
         for name, study in studies.items():
             teacher_s, trial_s = runs[name][i]
             trials, epochs = len(study.grid_points()), study.epochs
-            t_epochs = study.trial_config(0, {}).teacher.optim.epochs
+            t_epochs = study.trial_config({}, 0).teacher.optim.epochs
             waves = math.ceil(trials / 2)  # two 1-CPU trials at a time on 2 cores
             work[name] = t_epochs * teacher_s / 2 + waves * epochs * trial_s  # the teacher trains on both cores
             print(f"repeat {i + 1}, {name}: teacher {t_epochs} epochs, {trials} trials x {epochs} epochs in {waves} "

@@ -40,7 +40,7 @@ def play(overrides: list[str], device: str) -> dict:
 
     study = load_study(ROOT / "ablations" / "quickstart.yaml", overrides)
     points = study.grid_points()
-    cfg0 = study.trial_config(points[0].seed, points[0].overrides)
+    cfg0 = study.trial_config(points[0].overrides, points[0].seed)
     data = load_data(cfg0.data)
     started = time.perf_counter()
     teacher = train_teacher(cfg0.teacher, data, cfg0.data, device=device)
@@ -49,7 +49,7 @@ def play(overrides: list[str], device: str) -> dict:
     acc: dict = {}
     started = time.perf_counter()
     for p in points:
-        cfg = study.trial_config(p.seed, p.overrides)
+        cfg = study.trial_config(p.overrides, p.seed)
         cfg.device = device
         final = Trainer(cfg, data, teacher.to(device)).fit()
         acc.setdefault(next(iter(p.levels.values())), {})[p.seed] = final["test/acc1_at_best_val"]

@@ -77,7 +77,7 @@ def train_curve(study, seed: int, overrides: dict, data, teacher) -> list[tuple[
     """(val/acc1, test/acc1) after every epoch of one trial."""
     from icd_tune.method.train import Trainer
 
-    trainer = Trainer(study.trial_config(seed, overrides), data, teacher)
+    trainer = Trainer(study.trial_config(overrides, seed), data, teacher)
     return [(m["val/acc1"], m["test/acc1"]) for m in trainer.epochs()]
 
 
@@ -154,7 +154,7 @@ def main() -> int:
     keys = list(levels)
     work = Path(tempfile.mkdtemp(prefix="icd_search_eff_"))
     study = build_study(work, levels, args)
-    cfg0 = study.trial_config(0, study.grid_points()[0].overrides)
+    cfg0 = study.trial_config(study.grid_points()[0].overrides, 0)
     data = load_data(cfg0.data)
     teacher, _ = get_teacher(cfg0.teacher, data, cfg0.data, device="cpu", cache_dir=work / "teachers", log=lambda *_: None)
     print(f"synthetic data: {data.num_train} train, {data.val_x.shape[0]} validation, {data.test_x.shape[0]} test "

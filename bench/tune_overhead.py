@@ -68,7 +68,7 @@ def main() -> int:
 
     # Untimed set-up for both sides: the teacher (trained once, cached) and Ray itself.
     point0 = study.grid_points()[0]
-    cfg0 = study.trial_config(point0.seed, point0.overrides)
+    cfg0 = study.trial_config(point0.overrides, point0.seed)
     data = load_data(cfg0.data)
     teacher, _ = get_teacher(cfg0.teacher, data, cfg0.data, device="cpu", cache_dir=results / "teachers",
                              log=lambda *_: None)
@@ -77,7 +77,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     for point in study.grid_points():
-        Trainer(study.trial_config(point.seed, point.overrides), data, teacher).fit()
+        Trainer(study.trial_config(point.overrides, point.seed), data, teacher).fit()
     in_process = time.perf_counter() - start
 
     out = run_study(study, RunOptions(results_dir=str(results)), log=lambda *_: None)

@@ -36,7 +36,7 @@ def test_paper_table_is_39_points_per_seed_with_the_published_weights(tmp_path):
                                                          for a in TEACHERS}
     weights = {"KD": (0.1, 0.9, 0.0, 0.0), "ICD": (1.0, 0.0, 1.0, 0.5), "ICD+KD": (1.0, 1.0, 1.0, 0.5)}
     for point in points:
-        cfg = study.trial_config(point.seed, point.overrides)
+        cfg = study.trial_config(point.overrides, point.seed)
         loss = cfg.loss
         assert (loss.ce_weight, loss.kd_weight, loss.contrastive_weight, loss.invariance_weight) == \
             weights[point.levels["method"]]
@@ -101,7 +101,7 @@ def test_arch_fills_the_template_per_trial(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(TINY % "{teachers_dir}/{arch}_vanilla/ckpt_epoch_240.pth" + f"teachers_dir: {tmp_path}\n")
     study = load_study(path, ["grid.pair.levels=[{label: a, set: {teacher.arch: resnet14}}]"])
-    cfg = study.trial_config(0, study.grid_points()[0].overrides)
+    cfg = study.trial_config(study.grid_points()[0].overrides, 0)
     assert cfg.teacher.checkpoint == str(tmp_path / "resnet14_vanilla" / "ckpt_epoch_240.pth")
 
 
@@ -114,9 +114,9 @@ def test_each_trial_gets_its_own_teacher_and_only_its_own_cache(tmp_path):
     uses = teacher_uses(study.base, points)
     teachers = {identity: object() for identity in uses}  # stand-ins: only which one is picked matters here
     for point in points:
-        cfg = study.trial_config(point.seed, point.overrides)
+        cfg = study.trial_config(point.overrides, point.seed)
         assert own_teacher(cfg, None, teachers) is teachers[teacher_identity(cfg.teacher)]
-    cfg = study.trial_config(points[0].seed, points[0].overrides)
+    cfg = study.trial_config(points[0].overrides, points[0].seed)
     # A teacher whose cache is off (too large, say) trains from the live teacher: nothing is opened or built.
     spec = OutputCacheSpec(folder=str(tmp_path / "caches"), dtype="float16", teachers=["another teacher"])
     assert cached_teacher_outputs(cfg, None, None, spec) is None and not (tmp_path / "caches").exists()

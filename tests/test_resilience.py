@@ -55,7 +55,7 @@ def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path,
     from icd_tune.method.teachers import get_teacher
     from icd_tune.method.train import Trainer
 
-    cfg = study.trial_config(0, study.grid_points()[0].overrides)
+    cfg = study.trial_config(study.grid_points()[0].overrides, 0)
     data = load_data(cfg.data)
     teacher, info = get_teacher(cfg.teacher, data, cfg.data, device="cpu",
                                 cache_dir=tmp_path / "results" / "teachers", log=lambda *_: None)

@@ -59,7 +59,7 @@ def test_plan_of_a_grid_resolves_points_resources_and_folders(tmp_path, tiny_stu
                                           cpus_per_trial=2))
     assert [p.name for p in plan.points] == ["invariance_weight=0 seed=0", "invariance_weight=0.5 seed=0",
                                              "invariance_weight=0 seed=1", "invariance_weight=0.5 seed=1"]
-    assert plan.planned_trials == 4 and plan.max_epochs == 3 and not plan.searching
+    assert plan.run_trials == 4 and plan.max_epochs == 3 and not plan.searching
     assert plan.cpus == 2 and plan.gpus == 0
     assert plan.base["data"]["root"] == str((tmp_path / "data").resolve())
     assert study.base["data"]["root"] is None  # the study itself is left as loaded
@@ -94,7 +94,7 @@ def test_plan_of_a_smoke_run_caps_the_first_point(tmp_path, tiny_study):
 def test_plan_of_a_search(tmp_path, tiny_study):
     study = load_study(tiny_study("search", SEARCH, epochs=4))
     plan = resolve_plan(study, RunOptions(results_dir=str(tmp_path / "results")))
-    assert plan.points is None and plan.planned_trials == 5 and plan.searching and plan.needs_teacher
+    assert plan.points is None and plan.run_trials == 5 and plan.searching and plan.needs_teacher
     assert plan.trial0.seed == 3 and plan.trial0.loss.invariance_weight == 1.0
     assert planned_trial_epochs(study) == 20
     smoke = resolve_plan(study, RunOptions(smoke=True, results_dir=str(tmp_path / "results")))
@@ -126,18 +126,18 @@ def test_cache_decision(tmp_path, tiny_study):
     short = load_study(tiny_study("short", GRID, epochs=2))  # 4 trials x 2 epochs
     long = load_study(tiny_study("long", GRID, epochs=50))  # 4 x 50 = 200 trial-epochs
     sizes = dict(num_train=192, feature_dim=64, num_classes=4)
-    trial0 = short.trial_config(0, {})
+    trial0 = short.trial_config({}, 0)
     enabled, reason = cache_decision(short, trial0, **sizes)
     assert not enabled and reason.startswith("off: this study runs 8 trial-epochs, fewer than the 162")
-    enabled, reason = cache_decision(long, long.trial_config(0, {}), **sizes)
+    enabled, reason = cache_decision(long, long.trial_config({}, 0), **sizes)
     assert enabled and reason.startswith("cache on: ") and "fits the 8.0 GiB budget" in reason
-    enabled, reason = cache_decision(long, long.trial_config(0, {}), **sizes, smoke=True)
+    enabled, reason = cache_decision(long, long.trial_config({}, 0), **sizes, smoke=True)
     assert not enabled and reason == "off for a smoke run (teacher.cache: on forces it)"
-    forced = short.trial_config(0, {"teacher.cache": "on"})
+    forced = short.trial_config({"teacher.cache": "on"}, 0)
     enabled, reason = cache_decision(short, forced, **sizes, smoke=True, on_cluster=True)
     assert enabled and reason.startswith("cache on (teacher.cache: on)")
     assert reason.endswith("; on a cluster each node builds its own copy once, on its own device, before its first trial")
-    enabled, reason = cache_decision(long, long.trial_config(0, {"teacher.cache": "off"}), **sizes)
+    enabled, reason = cache_decision(long, long.trial_config({"teacher.cache": "off"}, 0), **sizes)
     assert not enabled and reason == "cache off (teacher.cache: off)"
 
 
@@ -146,7 +146,7 @@ def test_trial_config_applies_overrides_in_order_and_the_seed(tmp_path, tiny_stu
     overrides = {"loss.invariance_weight": 2.0, "optim.lr": 0.01}
     cfg = trial_config(study.base, overrides, 7)
     assert cfg.seed == 7 and cfg.loss.invariance_weight == 2.0 and cfg.optim.lr == 0.01
-    assert cfg == study.trial_config(7, overrides)
+    assert cfg == study.trial_config(overrides, 7)
     assert study.base["loss"]["invariance_weight"] == 0.5  # the base is never changed
     # A list keeps a command line's order, repeated keys included.
     pairs = [("optim.lr", 0.1), ("optim", {"epochs": 3}), ("optim.lr", 0.2)]

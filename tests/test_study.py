@@ -38,7 +38,7 @@ def test_grid_plan_crosses_levels_and_seeds(tmp_path):
     points = study.grid_points()
     assert [p.name for p in points] == ["invariance_weight=0.0 seed=0", "invariance_weight=0.5 seed=0",
                                         "invariance_weight=0.0 seed=1", "invariance_weight=0.5 seed=1"]
-    cfg = study.trial_config(points[1].seed, points[1].overrides)
+    cfg = study.trial_config(points[1].overrides, points[1].seed)
     assert cfg.loss.invariance_weight == 0.5 and cfg.seed == 0 and cfg.optim.epochs == 2
 
 
@@ -49,7 +49,7 @@ def test_extends_chain_and_set_overrides(tmp_path):
     leaf = write(tmp_path, "extends: sub/mid.yaml\nname: leaf\n", "leaf.yaml")
     study = load_study(leaf, ["optim.epochs=7", "loss.temperature=0.1", "seeds=[3]"])
     assert study.name == "leaf"
-    cfg = study.trial_config(3, {})
+    cfg = study.trial_config({}, 3)
     assert cfg.optim.lr == 0.1 and cfg.optim.epochs == 7 and cfg.loss.temperature == 0.1
     assert cfg.optim.batch_size == 16  # from the grandparent
     assert [p.seed for p in study.grid_points()] == [3, 3]
@@ -65,7 +65,7 @@ baseline: batch""")
     study = load_study(write(tmp_path, text))
     points = study.grid_points()
     assert points[1].levels == {"negatives": 64}
-    cfg = study.trial_config(0, points[1].overrides)
+    cfg = study.trial_config(points[1].overrides, 0)
     assert cfg.loss.negatives.source == "memory" and cfg.loss.negatives.count == 64
 
 

@@ -176,12 +176,12 @@ def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction, protoco
 def test_protocol_paper_reports_the_best_test_accuracy_and_selects_nothing(tmp_path):
     study = load_study(write(tmp_path, GRID.replace(", val_fraction: 0.2", "")), ["protocol=paper"])
     assert study.settings.metric == study.settings.report_metric == "test/best_acc1"
-    cfg = study.trial_config(0, {})
+    cfg = study.trial_config({}, 0)
     assert cfg.protocol == "paper" and cfg.data.val_fraction == 0.0
     assert "test/best_acc1" in trial_metrics(cfg) and "val/acc1" not in trial_metrics(cfg)
     honest = load_study(write(tmp_path, GRID), [])
     assert honest.settings.metric == "val/acc1" and honest.settings.report_metric == "test/acc1_at_best_val"
-    assert "test/best_acc1" not in trial_metrics(honest.trial_config(0, {}))
+    assert "test/best_acc1" not in trial_metrics(honest.trial_config({}, 0))
 
 
 @pytest.mark.parametrize("student,lr,expected", [

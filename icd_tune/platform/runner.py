@@ -11,7 +11,8 @@ from .stages.plan import RunOptions, planned_trial_epochs, resolve_plan
 from .stages.prepare import cache_decision, prepare
 from .stages.record import record_and_report
 from .stages.track import open_parent_run
-from .stages.tune import search_domains, tune_trials
+from .raytune.space import search_domains
+from .stages.tune import tune_trials
 from .study.definition import Study
 from .raytune.trainable import icd_trainable
 

@@ -137,7 +137,7 @@ def _print_teachers(study, out) -> bool:
     print(f"# teachers: {len(uses)}, each loaded once and shared by the trials that use it, with its own output cache"
           + (f"; {missing} checkpoint(s) MISSING (a real run refuses to start, exit status 2)" if missing else ""),
           file=out)
-    data_cfg = study.trial_config(points[0].seed, points[0].overrides).data
+    data_cfg = study.trial_config(points[0].overrides, points[0].seed).data
     for use in uses.values():
         where = use.cfg.checkpoint or "trained once with cross-entropy (cached and reused)"
         flag = "MISSING " if use.missing else ""
@@ -164,7 +164,7 @@ def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
     from ..stages.prepare import cache_decision
     from ...method.output_cache import build_cost_teacher_epochs, cache_size_bytes
 
-    trial0 = study.trial_config(study.settings.seeds[0], study.first_point().overrides)
+    trial0 = study.trial_config(study.first_point().overrides, study.settings.seeds[0])
     t = trial0.teacher
     size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
     enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),

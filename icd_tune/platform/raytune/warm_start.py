@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..preflight import StudyRunError
+from ..stages.run_files import OPTUNA_DB
 from ..study.definition import Study
+from .space import PARAM_PREFIX, optuna_distributions
 
-OPTUNA_DB = "optuna.db"
 WARM_START_ATTR = "warm_start_from"  # on the new study: where its seeded trials came from
-PARAM_PREFIX = "params/"  # how Ray's OptunaSearch names a study's search-space keys in Optuna
 
 
 @dataclass
@@ -65,15 +65,6 @@ def source_study(url: str, name: str):
     return optuna.load_study(study_name=chosen, storage=url)
 
 
-def space_distributions(study: Study) -> dict:
-    """This study's search space as the Optuna distributions Ray's OptunaSearch gives its trials."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    from ..stages.tune import search_domains
-
-    return OptunaSearch.convert_search_space({"params": search_domains(study)})
-
-
 def incompatible_keys(old: dict, new: dict) -> list[str]:
     """``key (why)`` for each search-space key the two searches do not share in kind."""
     out = []
@@ -99,7 +90,7 @@ def load_warm_start(study: Study) -> WarmStart | None:
     url = storage_url(str(ref), Path(study.source).parent if study.source else None)
     earlier = source_study(url, study.name)
     finished = [t for t in earlier.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    new = space_distributions(study)
+    new = optuna_distributions(study)
     old: dict = {}
     for t in finished:
         old.update(t.distributions)

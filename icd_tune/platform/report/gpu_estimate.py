@@ -69,7 +69,7 @@ def pair_costs(study) -> list[PairCost]:
     """One row per (teacher, student) of the planned trials, in plan order."""
     rows: dict[tuple, PairCost] = {}
     for point in study.grid_points():
-        cfg = study.trial_config(point.seed, point.overrides)
+        cfg = study.trial_config(point.overrides, point.seed)
         key = (cfg.teacher.arch if cfg.loss.uses_teacher else None, cfg.student)
         if key not in rows:
             flops, hours, how = trial_hours(cfg)

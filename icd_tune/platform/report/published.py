@@ -18,7 +18,7 @@ from ...method.schema import ConfigError, join_path
 REFERENCE_KEYS = ("teacher", "student")
 
 
-def check_reported(study) -> None:
+def check_published(study) -> None:
     """Each published entry names a level of the first factor and, besides teacher/student, of the second."""
     reported = study.settings.reported
     if not reported:

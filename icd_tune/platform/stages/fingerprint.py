@@ -17,40 +17,42 @@ import json
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ...method.schema import flatten, to_dict
 from ..preflight import StudyRunError
-from ..study.trials import changed_keys, definition
+from ..study.definition import Study
+from ..study.trials import TrialPoint, changed_keys, definition
 from ..versions import git_commit
-
-if TYPE_CHECKING:
-    from .plan import StudyPlan
 
 FINGERPRINT_KEY = "fingerprint"
 # How many added or changed trials a message lists by name before it counts the rest.
 LISTED = 8
 
 
-def study_fingerprint(plan: "StudyPlan") -> dict:
-    """The run's trial definitions, their digest, and (for information) the code that started it."""
-    settings = plan.settings
+def study_fingerprint(study: Study, base: dict, points: list[TrialPoint] | None, max_epochs: int,
+                      smoke: bool) -> dict:
+    """The run's trial definitions, their digest, and (for information) the code that started it.
+
+    ``points`` are a grid's trials, None for a search; ``base`` the run's plain trial defaults.
+    """
+    settings = study.settings
+    searching = points is None
     defined = {
-        "mode": "search" if plan.searching else "grid",
+        "mode": "search" if searching else "grid",
         "metric": settings.metric,
         "metric_mode": settings.metric_mode,
-        "max_epochs": plan.max_epochs,
+        "max_epochs": max_epochs,
         # Settings of a disabled ASHA define nothing.
-        "asha": to_dict(settings.asha) if settings.asha.enabled and not plan.opts.smoke else {"enabled": False},
+        "asha": to_dict(settings.asha) if settings.asha.enabled and not smoke else {"enabled": False},
         "seeds": list(settings.seeds),
-        "base": definition(plan.base),
+        "base": definition(base),
     }
-    if plan.searching:
+    if searching:
         search = settings.search
-        defined["search"] = {"space": plan.study.space, "seed": search.seed, "trial_seed": settings.seeds[0],
+        defined["search"] = {"space": study.space, "seed": search.seed, "trial_seed": settings.seeds[0],
                              "num_samples": search.num_samples}
     else:
-        defined["trials"] = {p.name: {"seed": p.seed, "overrides": p.overrides} for p in plan.points}
+        defined["trials"] = {p.name: {"seed": p.seed, "overrides": p.overrides} for p in points}
     # As the state file will hold it, so a fresh resolution compares equal to a stored one.
     defined = json.loads(json.dumps(defined, default=str))
     digest = hashlib.sha256(json.dumps(defined, sort_keys=True).encode()).hexdigest()[:16]

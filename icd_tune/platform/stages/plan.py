@@ -22,9 +22,9 @@ from ..study.definition import Study
 from ..study.settings import StudySettings
 from ..raytune.trainable import TrialRunSettings
 from ..study.trials import TrialDescriber, TrialPoint, trial_config
-from ..raytune.warm_start import OPTUNA_DB, load_warm_start
+from ..raytune.warm_start import load_warm_start
+from .run_files import OPTUNA_DB, STATE_FILE
 
-STATE_FILE = "study_state.json"
 # The state's list of trials a --resume added to a run, each batch run as an experiment of its own.
 ADDITIONS_KEY = "additions"
 FIRST_EXPERIMENT = "tune"
@@ -104,7 +104,8 @@ class StudyPlan:
         return self.study.settings
 
     @property
-    def planned_trials(self) -> int:
+    def run_trials(self) -> int:
+        """This run's trials: the grid's points (one under --smoke) or the search's samples."""
         return len(self.points) if self.points else self.settings.search.num_samples
 
     @property
@@ -142,7 +143,7 @@ class StudyPlan:
         additions = self.state.get(ADDITIONS_KEY, [])
         if self.points is None:
             extra = [Experiment(a["name"], None, len(a["trials"])) for a in additions]
-            return [Experiment(FIRST_EXPERIMENT, None, self.planned_trials - sum(e.samples for e in extra)), *extra]
+            return [Experiment(FIRST_EXPERIMENT, None, self.run_trials - sum(e.samples for e in extra)), *extra]
         later = [set(a["trials"]) for a in additions]
         added = set().union(*later)
         first = Experiment(FIRST_EXPERIMENT, [p for p in self.points if p.name not in added], 0)
@@ -222,7 +223,7 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
 
 def record_fingerprint(plan: StudyPlan) -> None:
     """A fresh run records what defines its trials; a resumed one must match it (or nothing goes on)."""
-    fingerprint = study_fingerprint(plan)
+    fingerprint = study_fingerprint(plan.study, plan.base, plan.points, plan.max_epochs, plan.opts.smoke)
     if not plan.opts.resume:
         plan.state[FINGERPRINT_KEY] = fingerprint
         return
@@ -240,7 +241,7 @@ def record_additions(plan: StudyPlan, fingerprint: dict, added: list[str]) -> No
     name = f"{FIRST_EXPERIMENT}-added-{len(additions) + 1}"
     additions.append({"name": name, "trials": added, "at": fingerprint.get("at")})
     plan.state[FINGERPRINT_KEY] = fingerprint
-    kept = plan.planned_trials - len(added)
+    kept = plan.run_trials - len(added)
     plan.notes.append(
         f"note: --resume adds {len(added)} trial(s) ({listed(added)}) to the {kept} this run planned before; "
         f"those are kept as they are (finished ones are not run again) and the added ones run as experiment "

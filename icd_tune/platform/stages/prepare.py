@@ -172,7 +172,7 @@ def announce(plan: StudyPlan, log: Log) -> None:
     study = plan.study
     for note in plan.notes:
         log(note)
-    log(f"study '{study.name}': {plan.planned_trials} trials, "
+    log(f"study '{study.name}': {plan.run_trials} trials, "
         f"up to {plan.max_epochs} epochs each; results in {plan.run_folder}")
     if console.log_path():
         log(f"Ray, MLflow and Optuna output: {console.log_path()} (-v shows it here)")

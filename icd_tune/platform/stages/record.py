@@ -22,10 +22,10 @@ from ..tracking.links import COMPARE_URL_TAG, compare_link, optuna_dashboard_com
 from ..tracking.runs import ui_command, ui_runs_url
 from ..study.trials import TrialDescriber, point_of
 from .plan import StudyPlan
+from .run_files import RESOLVED_STUDY_FILE
 from .track import ParentRun, close_with_summary
 from .tune import TuneOutcome
 
-RESOLVED_FILE = "study_resolved.json"
 IMPORTANCE_TAG = "icd_tune.importance"  # what the parent run's importance/ metrics rest on, or why there are none
 
 
@@ -64,7 +64,7 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
                                                settings.report_metric),
                          search_keys=list(study.space) if plan.searching else None)
     report_text = paths["report.txt"].read_text()
-    resolved = plan.run_folder / RESOLVED_FILE
+    resolved = plan.run_folder / RESOLVED_STUDY_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
     if plan.searching:  # as it stands now; a resumed search logs it again when it ends

@@ -20,7 +20,7 @@ from ..raytune.progress import ProgressCallback
 from ..raytune.ray_internals import set_restored_callbacks, snapshot_on_trial_changes
 from ..raytune.resources import DEFAULT_PENDING_TIMEOUT_S
 from ..raytune.searcher import make_searcher
-from ..study.definition import Study
+from ..raytune.space import search_domains
 from ..tracking.runs import MLflowTrialCallback
 from ..raytune.trainable import icd_trainable
 from ..raytune.watchdog import StudyWatch, budget_deadline, format_duration, graceful_sigterm
@@ -75,7 +75,7 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
             log(f"interrupted; continue with: {plan.resume_command()}")
             raise
     outcome = TuneOutcome(results, time.time() - started)
-    if watch.stopped and (watch.unfinished or len(results) < plan.planned_trials):
+    if watch.stopped and (watch.unfinished or len(results) < plan.run_trials):
         outcome.stop_kind, outcome.stop_reason, outcome.unfinished = watch.kind, watch.reason, set(watch.unfinished)
         mark_interrupted(plan, parent, trial_logger)
     return outcome
@@ -155,18 +155,3 @@ def trial_space(plan: StudyPlan, experiment: Experiment) -> TrialSpace:
         return TrialSpace({"seed": settings.seeds[0], "params": search_domains(plan.study)}, searcher,
                           experiment.samples)
     return TrialSpace({"point": tune.grid_search([p.to_config() for p in experiment.points])}, None, 1)
-
-
-def search_domains(study: Study) -> dict:
-    out = {}
-    for key, spec in study.space.items():
-        kind = spec["type"]
-        if kind == "choice":
-            out[key] = tune.choice(spec["values"])
-        elif kind == "int":
-            out[key] = tune.lograndint(spec["low"], spec["high"] + 1) if spec["log"] else tune.randint(spec["low"], spec["high"] + 1)
-        elif spec["log"]:
-            out[key] = tune.loguniform(spec["low"], spec["high"])
-        else:
-            out[key] = tune.uniform(spec["low"], spec["high"])
-    return out

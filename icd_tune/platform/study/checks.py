@@ -82,7 +82,7 @@ def check_trials(settings: StudySettings, trials: Trials) -> None:
     check_metric_name(settings, trials)
     for key in ("metric", "report_metric"):
         for name, cfg in trials:
-            check_reported(getattr(settings, key), key, name, cfg)
+            check_metric_reported(getattr(settings, key), key, name, cfg)
     check_cadence(settings, trials)
     check_budget(settings, trials)
 
@@ -108,7 +108,7 @@ def check_metric_name(settings: StudySettings, trials: Trials) -> None:
                           f"{direction}imised; set metric_mode: {direction}", "metric_mode")
     report = settings.report_metric
     reportable = [m for m in known if m != EPOCH]
-    if report not in reportable and not report.startswith(TRANSFER_PREFIX):  # check_reported says which targets
+    if report not in reportable and not report.startswith(TRANSFER_PREFIX):  # check_metric_reported says which targets
         raise ConfigError(f"bad value {report!r}: not a metric the trainer reports{suggest_metric(report, reportable)}",
                           "report_metric")
 
@@ -121,7 +121,7 @@ def suggest_metric(name: str, allowed: Sequence[str]) -> str:
     return suggest(name, allowed)
 
 
-def check_reported(metric: str, key: str, trial: str, cfg: TrialConfig) -> None:
+def check_metric_reported(metric: str, key: str, trial: str, cfg: TrialConfig) -> None:
     """``metric`` is among what the trial reports; otherwise say which setting of the trial leaves it out."""
     if metric in trial_metrics(cfg) or metric in transfer_metrics(cfg):
         return

@@ -23,7 +23,7 @@ from ...method.schema import ConfigError, check_keys, coerce, from_dict, join_pa
 from .checks import check_modes, check_protocol, check_trials, protocol_defaults
 from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .files import check_override_key, load_with_extends, parse_override, read_yaml
-from ..report.published import check_reported
+from ..report.published import check_published
 from .teachers import expand_teachers_dir
 from .trials import TrialPoint, set_path, short_name, trial_config
 
@@ -55,7 +55,8 @@ class Study:
     def epochs(self) -> int:
         return int(self.base["optim"]["epochs"]) if "epochs" in self.base.get("optim", {}) else TrialConfig().optim.epochs
 
-    def trial_config(self, seed: int, overrides: dict[str, Any]) -> TrialConfig:
+    def trial_config(self, overrides: dict[str, Any], seed: int) -> TrialConfig:
+        """The study's trial defaults with a point's ``overrides`` and ``seed``, as ``trials.trial_config``."""
         return trial_config(self.base, overrides, seed)
 
     def grid_points(self) -> list[TrialPoint]:
@@ -140,7 +141,7 @@ def build_study(data: dict, path: Path) -> Study:
     space = _parse_space(settings, path) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
     check_trials(settings, _validate_points(study))
-    check_reported(study)
+    check_published(study)
     return study
 
 
@@ -278,7 +279,7 @@ def _validate_points(study: Study) -> list[tuple[str, TrialConfig]]:
     trials = []
     for name, overrides, seed in candidates:
         try:
-            cfg = study.trial_config(seed, overrides)
+            cfg = study.trial_config(overrides, seed)
         except ConfigError as err:
             raise ConfigError(f"{err.message} (in trial '{name}')", err.key_path) from None
         _check_data_sizes(cfg, name)

@@ -20,11 +20,11 @@ import yaml
 
 from ..study.definition import Study, resolved_study
 from ..study.files import extends_chain, parse_override
-from ..raytune.warm_start import OPTUNA_DB
+from ..stages.run_files import OPTUNA_DB
 
 STUDY_ARTIFACTS = "study"
 WRITTEN_DIR = f"{STUDY_ARTIFACTS}/written"
-RESOLVED_FILE = "resolved.yaml"
+RESOLVED_ARTIFACT = "resolved.yaml"
 COMMAND_TAG = "icd_tune.command"
 RESUME_COMMAND_TAG = "icd_tune.resume_command"  # the latest --resume's command line
 SET_PREFIX = "set."
@@ -66,7 +66,7 @@ def log_study_record(client, run_id: str, study: Study, argv: list[str] | None, 
         for name, path in written_files(study):
             (written / name).write_bytes(path.read_bytes())
         client.log_artifacts(run_id, str(written), artifact_path=WRITTEN_DIR)
-        resolved = Path(folder) / RESOLVED_FILE
+        resolved = Path(folder) / RESOLVED_ARTIFACT
         resolved.write_text(yaml.safe_dump(resolved_study(study), sort_keys=False))
         client.log_artifact(run_id, str(resolved), artifact_path=STUDY_ARTIFACTS)
     client.set_tag(run_id, COMMAND_TAG, command_line(study, argv)[:5000])
