@@ -15,7 +15,7 @@ from icd_tune.method.schema import ConfigError
 from icd_tune.platform.metrics import PAPER_ONLY, TRAINER_METRICS, trainer_metrics
 from icd_tune.platform.preflight import StudyRunError
 from icd_tune.platform.stages.plan import STATE_FILE, RunOptions, planned_trial_epochs, resolve_plan
-from icd_tune.platform.stages.prepare import cache_decision
+from icd_tune.platform.stages.cache_plan import cache_decision
 from icd_tune.platform.study.definition import load_study
 from icd_tune.platform.study.trials import TrialDescriber, trial_config, trial_dict
 

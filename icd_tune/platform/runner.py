@@ -8,7 +8,8 @@ from .cli import console
 from .preflight import StudyRunError
 from .raytune.searcher import make_searcher
 from .stages.plan import RunOptions, planned_trial_epochs, resolve_plan
-from .stages.prepare import cache_decision, prepare
+from .stages.cache_plan import cache_decision
+from .stages.prepare import prepare
 from .stages.record import record_and_report
 from .stages.track import open_parent_run
 from .raytune.space import search_domains

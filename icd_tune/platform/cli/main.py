@@ -126,26 +126,19 @@ def _print_teachers(study, out) -> bool:
     uses = teacher_uses(study.base, points)
     if len(uses) < 2 and not study.settings.reported:
         return False
-    from ...method.data import num_classes, train_size
-    from ...method.models import feature_dim
-    from ...method.output_cache import cache_size_bytes
-    from ...method.teacher_outputs import decide_cache
-
     seeds = len(study.settings.seeds)
     print(f"# study points: {len(points) // seeds} x {seeds} seed(s) = {len(points)} trials", file=out)
     missing = sum(u.missing for u in uses.values())
     print(f"# teachers: {len(uses)}, each loaded once and shared by the trials that use it, with its own output cache"
           + (f"; {missing} checkpoint(s) MISSING (a real run refuses to start, exit status 2)" if missing else ""),
           file=out)
-    data_cfg = study.trial_config(points[0].overrides, points[0].seed).data
+    decisions = _cache_decisions(study)
     for use in uses.values():
         where = use.cfg.checkpoint or "trained once with cross-entropy (cached and reused)"
         flag = "MISSING " if use.missing else ""
-        size = cache_size_bytes(train_size(data_cfg), feature_dim(use.cfg.arch), num_classes(data_cfg),
-                                use.cfg.cache_dtype)
-        cached = decide_cache(use.cfg.cache, data_cfg.augment, size, use.cfg.cache_memory_budget_gb)[0]
-        print(f"#   {use.cfg.arch:12s} {len(use.trials):3d} trial(s)  output cache {'on ' if cached else 'off'} "
-              f"{size / 2**30:5.2f} GiB  {flag}{where}", file=out)
+        cache = decisions[use.identity]
+        print(f"#   {use.cfg.arch:12s} {len(use.trials):3d} trial(s)  output cache {'on ' if cache.enabled else 'off'} "
+              f"{cache.size_bytes / 2**30:5.2f} GiB  {flag}{where}", file=out)
     if study.settings.mode == "grid":
         for line in estimate_lines(study):
             print(line, file=out)
@@ -157,21 +150,31 @@ def _print_teachers(study, out) -> bool:
     return True
 
 
-def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
+def _cache_decisions(study, on_cluster: bool = False) -> dict:
+    """The real run's teacher-output cache decisions (stages.cache_plan), from the study file alone."""
     from ...method.data import num_classes, train_size
-    from ...method.models import feature_dim
-    from ..stages.plan import planned_trial_epochs
-    from ..stages.prepare import cache_decision
-    from ...method.output_cache import build_cost_teacher_epochs, cache_size_bytes
+    from ..stages.cache_plan import teacher_cache_decisions
 
-    trial0 = study.trial_config(study.first_point().overrides, study.settings.seeds[0])
-    t = trial0.teacher
-    size = cache_size_bytes(train_size(trial0.data), feature_dim(t.arch), num_classes(trial0.data), t.cache_dtype)
-    enabled, reason = cache_decision(study, trial0, train_size(trial0.data), feature_dim(t.arch),
-                                     num_classes(trial0.data), on_cluster=on_cluster)
-    print(f"# teacher-output cache: {'on' if enabled else 'off'} ({reason})", file=out)
-    print(f"#   size {size / 2**30:.2f} GiB ({t.cache_dtype}), build cost {build_cost_teacher_epochs()} teacher-epochs; "
-          f"the study runs {planned_trial_epochs(study)} trial-epochs", file=out)
+    points = study.grid_points() if study.settings.mode == "grid" else None
+    first = points[0] if points else study.first_point()
+    data_cfg = study.trial_config(first.overrides, first.seed).data
+    return teacher_cache_decisions(study, study.base, points, study.max_epochs(), train_size(data_cfg),
+                                   num_classes(data_cfg), on_cluster=on_cluster)
+
+
+def _print_cache_plan(study, out, on_cluster: bool = False) -> None:
+    from ..stages.plan import planned_trial_epochs
+    from ...method.output_cache import build_cost_teacher_epochs
+
+    decisions = _cache_decisions(study, on_cluster)
+    several = len(decisions) > 1
+    for identity, d in decisions.items():
+        of = f" of {identity}" if several else ""
+        print(f"# teacher-output cache{of}: {'on' if d.enabled else 'off'} ({d.reason})", file=out)
+        runs = (f"its {d.trials} trial(s) run {d.trial_epochs}" if several
+                else f"the study runs {planned_trial_epochs(study)}")
+        print(f"#   size {d.size_bytes / 2**30:.2f} GiB ({d.trial.teacher.cache_dtype}), build cost "
+              f"{build_cost_teacher_epochs()} teacher-epochs; {runs} trial-epochs", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,9 +30,10 @@ class OutputCacheSpec:
     """Where trials find (or, one per node, build) the teacher-output cache."""
 
     folder: str
-    dtype: str
-    # The teachers (method.teachers.teacher_identity) whose cache is on; None: the study's one teacher.
-    teachers: list[str] | None = None
+    dtype: str  # the study's one teacher's cache dtype
+    # Of several teachers, those whose cache is on (method.teachers.teacher_identity -> each one's
+    # cache dtype); None: the study's one teacher.
+    teachers: dict[str, str] | None = None
 
 
 def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings: TrialRunSettings | None = None,
@@ -71,17 +72,20 @@ def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | N
     """The teacher's outputs read from this node's cache, or None for the live teacher."""
     if output_cache is None or not cfg.loss.uses_teacher:
         return None
+    dtype = output_cache.dtype
     if output_cache.teachers is not None:
         from ...method.teachers import teacher_identity
 
-        if teacher_identity(cfg.teacher) not in output_cache.teachers:
+        identity = teacher_identity(cfg.teacher)
+        if identity not in output_cache.teachers:
             return None  # this teacher's cache is off (too large for the budget, say)
+        dtype = output_cache.teachers[identity]
     from ...method.device import resolve_device
     from ...method.output_cache import get_or_build_cache
     from ...method.teacher_outputs import CachedTeacher
 
     # Opens this node's copy, or builds it (one trial per node builds; the others wait on its lock).
-    cache = get_or_build_cache(teacher, data, output_cache.folder, dtype=output_cache.dtype,
+    cache = get_or_build_cache(teacher, data, output_cache.folder, dtype=dtype,
                                device=resolve_device(cfg.device), log=print, progress=False)
     # A device copy of the cache may take a quarter of this trial's share of the GPU's memory:
     # trials packed on one GPU each hold their own copy.

@@ -19,7 +19,8 @@ from ..preflight import (StudyRunError, check_experiment_storage, check_folder_w
 from ..raytune.resources import Growth, Node, Request, check_capacity
 from ..smoke import local_cpus, local_gpus
 from ..raytune.trainable import OutputCacheSpec
-from .plan import StudyPlan, planned_trial_epochs
+from .cache_plan import teacher_cache_decisions
+from .plan import StudyPlan
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -242,56 +243,37 @@ def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) ->
 
 def prepare_output_cache(plan: StudyPlan, prepared: Prepared, log: Log) -> OutputCacheSpec | None:
     """Decides on each teacher's output cache and, on a single host whose driver has the trials' device, builds it here."""
-    trial0, data = plan.trial0, prepared.data
+    data = prepared.data
     # A cluster joined through RAY_ADDRESS counts as one: an autoscaling cluster may show only its head yet.
     on_cluster = len(prepared.hosts) > 1 or plan.opts.joins_cluster
     lacks_device = not driver_has_trial_device(plan)
     several = len(prepared.teachers) > 1
-    cached = []
+    decisions = teacher_cache_decisions(
+        plan.study, plan.base, plan.points, plan.max_epochs, data.num_train, data.num_classes,
+        feature_dims={k: getattr(t, "feature_dim") for k, t in prepared.teachers.items()},
+        smoke=plan.opts.smoke, on_cluster=on_cluster)
+    cached: dict[str, str] = {}
     for identity, teacher in prepared.teachers.items():
-        enabled, reason = cache_decision(plan.study, trial0, data.num_train, getattr(teacher, "feature_dim"),
-                                         data.num_classes, smoke=plan.opts.smoke, on_cluster=on_cluster)
-        if enabled and lacks_device and not on_cluster:
+        decision = decisions[identity]
+        reason, dtype = decision.reason, decision.trial.teacher.cache_dtype
+        if decision.enabled and lacks_device and not on_cluster:
             reason += ("; this driver sees no GPU while each trial gets one, so each node builds its own copy once, "
                        "on its own device, before its first trial")
         log(f"teacher-output cache{f' of {identity}' if several else ''}: {reason}")
-        if not enabled:
+        if not decision.enabled:
             continue
-        cached.append(identity)
+        cached[identity] = dtype
         if not on_cluster and not lacks_device:
             from ...method.device import resolve_device
             from ...method.output_cache import get_or_build_cache
 
             # Built here once, so that trials open it instead of queueing on the build lock.
             with console.shown():  # the build's progress line
-                cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=trial0.teacher.cache_dtype,
+                cache = get_or_build_cache(teacher, data, plan.teacher_dir, dtype=dtype,
                                            device=resolve_device(driver_device(plan)), log=log)
             info = prepared.teacher_info["teachers"][identity] if several else prepared.teacher_info
             info["output_cache"] = str(cache.path)
     if not cached:
         return None
-    return OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=trial0.teacher.cache_dtype,
+    return OutputCacheSpec(folder=str(Path(plan.teacher_dir).resolve()), dtype=next(iter(cached.values())),
                            teachers=cached if several else None)
-
-
-def cache_decision(study, trial0, num_train: int, feature_dim: int, num_classes: int,
-                   smoke: bool = False, on_cluster: bool = False) -> tuple[bool, str]:
-    """Whether this study reads the teacher's outputs from the exact cache, and why."""
-    from ...method.output_cache import build_cost_teacher_epochs, cache_size_bytes
-    from ...method.teacher_outputs import decide_cache
-
-    setting = trial0.teacher.cache
-    size = cache_size_bytes(num_train, feature_dim, num_classes, trial0.teacher.cache_dtype)
-    enabled, reason = decide_cache(setting, trial0.data.augment, size, trial0.teacher.cache_memory_budget_gb)
-    if enabled and setting == "auto":
-        cost = build_cost_teacher_epochs()
-        planned = planned_trial_epochs(study)
-        if smoke:
-            return False, "off for a smoke run (teacher.cache: on forces it)"
-        if planned < cost:
-            # Building costs 162 teacher-epochs; a study that runs fewer trial-epochs pays more than it saves
-            return False, (f"off: this study runs {planned} trial-epochs, fewer than the {cost} teacher-epochs "
-                           f"building it costs (set teacher.cache: on to build it anyway)")
-    if enabled and on_cluster:
-        reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
-    return enabled, reason
