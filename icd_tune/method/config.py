@@ -14,11 +14,6 @@ from typing import Literal, Optional, Union
 from .schema import ConfigError, from_dict, join_path, require, to_dict
 from .transfer_config import TransferConfig
 
-DATASETS = ("cifar100", "digits", "synthetic")
-
-# `validation`: a held-out share of the training set selects epochs, levels and configurations;
-# `paper`: all training images, and each trial's best test accuracy over its epochs, as published.
-PROTOCOLS = ("validation", "paper")
 # `optim.lr: auto` is 0.05, except for these students, trained at 0.01 in the published recipe.
 LOW_LR_ARCHS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 AUTO_LR, LOW_LR = 0.05, 0.01
@@ -170,6 +165,8 @@ class TrialConfig:
     method: str = "icd"
     # `validation` (select on a held-out split, report test at the best validation epoch) or
     # `paper` (no validation split; report the best test accuracy over epochs, selected on test).
+    # `validation`: a held-out share of the training set selects epochs, levels and configurations;
+    # `paper`: all training images, and each trial's best test accuracy over its epochs, as published.
     protocol: Literal["validation", "paper"] = "validation"
     student: str = "resnet8x4"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -281,7 +280,3 @@ def missing_data(cfg: DataConfig) -> str | None:
 
 def num_classes(cfg: DataConfig) -> int:
     return {"cifar100": 100, "digits": 10}.get(cfg.name, cfg.num_classes)
-
-
-def default_data_root() -> str:
-    return os.environ.get("ICD_TUNE_DATA", "data")

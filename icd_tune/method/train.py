@@ -270,8 +270,3 @@ def _cpu(obj):
     if isinstance(obj, list):
         return [_cpu(v) for v in obj]
     return obj
-
-
-def run_trial(cfg: TrialConfig, data: DataBundle, teacher: nn.Module | None = None,
-              callback: Callable[[dict[str, float]], None] | None = None, device=None) -> dict[str, float]:
-    return Trainer(cfg, data, teacher, device=device).fit(callback)

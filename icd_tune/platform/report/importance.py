@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 from .stats import COMPLETED
 
-EVALUATORS = ("fANOVA", "PED-ANOVA")
 MIN_TRIALS = 4
 IMPORTANCE_FILE = "importance.json"
 

@@ -328,8 +328,3 @@ def resolved_study(study: Study) -> dict:
 
     settings = to_dict(study.settings)
     return {"name": settings.pop("name"), **study.base, **settings}
-
-
-def study_summary(study: Study) -> dict:
-    return {"study": to_dict(study.settings), "trial_defaults": study.base,
-            "factors": {f.name: [lab for lab, _ in f.levels] for f in study.factors}, "space": study.space}
