@@ -23,20 +23,15 @@ import torch.nn.functional as F
 from .config import TrialConfig
 from .data import NUM_VARIANTS, Normalizer, TrainStream, augment, eval_batches
 from .models import create_model, feature_dim
-from .transfer_config import TransferConfig
+from .transfer_config import TransferConfig, transfer_metric
 from .transfer_data import TargetSet, load_target
 
-TRANSFER_PREFIX = "transfer/"
 # Offsets the probe's random streams from the trial's own (data order, negatives).
 PROBE_SEED_OFFSET = 2_000_003
 # A bank pass (batches of 512) per image-variant costs about this share of a live probe step per
 # image (batch 64): 0.56x and 0.69x in two CPU runs of bench/transfer_features.py (docs/benchmarks.md);
 # the higher, rounded up, so auto caches only where the bank pays in both.
 BANK_PASS_COST = 0.7
-
-
-def transfer_metric(dataset: str) -> str:
-    return f"{TRANSFER_PREFIX}{dataset}/acc1"
 
 
 @dataclass

@@ -18,6 +18,14 @@ TRANSFER_DATASETS = ("stl10", "tiny_imagenet", "synthetic", "digits")
 TransferDataset = Literal["stl10", "tiny_imagenet", "synthetic", "digits"]
 
 
+TRANSFER_PREFIX = "transfer/"  # every metric of the probe starts with it
+
+
+def transfer_metric(dataset: str) -> str:
+    """The probe's accuracy on one target set, as a trial reports it."""
+    return f"{TRANSFER_PREFIX}{dataset}/acc1"
+
+
 @dataclass
 class TransferConfig:
     # Target sets, each probed on its own: stl10, tiny_imagenet, or the offline synthetic / digits.

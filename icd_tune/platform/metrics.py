@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
+# The transfer linear probe's test accuracy on each target of a trial's ``transfer:`` block
+# (icd_tune.method.transfer), in the trial's last report only: named beside the probe's config.
+from ..method.transfer_config import TRANSFER_PREFIX, transfer_metric
+
 if TYPE_CHECKING:
     from ..method.config import TrialConfig
 
@@ -38,10 +42,6 @@ TEST_BEST_EPOCH = "test/best_epoch"
 
 # The ICD distiller's loss terms; each is reported unweighted as train/loss_<term>.
 ICD_LOSS_TERMS = ("ce", "kd", "contrastive", "invariance")
-
-# The transfer linear probe's test accuracy on each target of a trial's ``transfer:`` block
-# (icd_tune.method.transfer), in the trial's last report only.
-TRANSFER_PREFIX = "transfer/"
 
 # Every trainer metric except ``epoch`` starts with one of these.
 METRIC_PREFIXES = ("train/", "val/", "test/", "time/", TRANSFER_PREFIX)
@@ -103,10 +103,6 @@ def trial_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
                  if (has_head or name != TRAIN_LOGIT_SCALE)
                  and (has_val or not (name.startswith("val/") or name in NEEDS_VALIDATION))
                  and (cfg.protocol == "paper" or name not in PAPER_ONLY))
-
-
-def transfer_metric(dataset: str) -> str:
-    return f"{TRANSFER_PREFIX}{dataset}/acc1"
 
 
 def transfer_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
