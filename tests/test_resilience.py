@@ -18,7 +18,6 @@ from icd_tune.platform.cli.main import main
 from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.study.definition import load_study
 
-pytestmark = pytest.mark.slow
 
 
 class KillWorkerOnce(tune.Callback):
@@ -34,6 +33,7 @@ class KillWorkerOnce(tune.Callback):
             os.kill(self.killed_pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path, tiny_study, ray_session):
     path = tiny_study("killed", """
     mode: grid
@@ -76,8 +76,12 @@ def test_killed_worker_restarts_from_checkpoint_with_identical_results(tmp_path,
     assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [1, 2, 3, 4]
 
 
-def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_session):
+@pytest.mark.slow
+def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_session, capsys):
+    """A search where some trials diverge: they fail alone, recorded in Optuna, MLflow and the report, and the
+    command exits 3 saying how many failed (this run also covers what a grid with one diverging level did)."""
     import optuna
+    import pyarrow.parquet as pq
 
     path = tiny_study("diverge", """
     mode: search
@@ -88,14 +92,25 @@ def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_s
       seed: 1
     seeds: [0]
     """, epochs=2, steps=2)
-    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
-    failed = [t for t in out["trials"] if t["status"] == "failed"]
-    ok = [t for t in out["trials"] if t["status"] == "completed"]
-    assert failed and ok, [t["name"] for t in out["trials"]]
+    results = tmp_path / "results"
+    code = main([str(path), "--results-dir", str(results)])
+    captured = capsys.readouterr()
+    (run_folder,) = (results / "diverge").glob("2*")
+    state = json.loads((run_folder / "study_state.json").read_text())
+    trials = pq.read_table(run_folder / "trials.parquet").to_pylist()
+    report = (run_folder / "report.txt").read_text()
+    failed = [t for t in trials if t["status"] == "failed"]
+    ok = [t for t in trials if t["status"] == "completed"]
+    assert failed and ok, [t["name"] for t in trials]
     for t in failed:
         assert "lr=1e+30" in t["name"]
         assert "diverged at epoch 1" in t["error"] and "loss term" in t["error"]
-    ot = optuna.load_study(study_name="diverge", storage=f"sqlite:///{out['run_folder'] / 'optuna.db'}")
+    # Some trials failing: exit status 3, and the last line says how many and names the first.
+    assert code == 3, captured.err[-2000:]
+    assert f"Trials: 4 total | {len(ok)} completed | 0 stopped early | {len(failed)} failed" in captured.out
+    last = [line for line in captured.err.splitlines() if line.strip()][-1]
+    assert last.startswith(f"error: {len(failed)} of 4 trials failed (the first, '{failed[0]['name']}': diverged")
+    ot = optuna.load_study(study_name="diverge", storage=f"sqlite:///{run_folder / 'optuna.db'}")
     # PRUNED, not FAIL, so TPE learns from them: valued at the diverging epoch with the worst value seen.
     diverged = [t for t in ot.trials if "diverged" in t.user_attrs]
     assert len(diverged) == len(failed) and not [t for t in ot.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -105,12 +120,12 @@ def test_diverging_trial_fails_alone_and_is_recorded(tmp_path, tiny_study, ray_s
         assert set(t.intermediate_values) <= {1} and set(t.intermediate_values.values()) <= seen
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(out["tracking_uri"])
-    children = [r for r in client.search_runs([out["experiment_id"]]) if "mlflow.parentRunId" in r.data.tags]
+    client = MlflowClient(state["tracking_uri"])
+    children = [r for r in client.search_runs([state["experiment_id"]]) if "mlflow.parentRunId" in r.data.tags]
     failed_runs = [r for r in children if r.info.status == "FAILED"]
     assert len(failed_runs) == len(failed)
     assert all(r.data.tags["icd_tune.end"].startswith("failed: diverged at epoch 1") for r in failed_runs)
-    assert "Failed trials (" in out["report"] and "diverged at epoch 1" in out["report"]
+    assert "Failed trials (" in report and "diverged at epoch 1" in report
 
 
 GOOD_BODY = """
@@ -226,6 +241,7 @@ def mlflow_server(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_study_against_a_real_tracking_server_without_leaking_secrets(tmp_path, tiny_study, ray_session, mlflow_server,
                                                                       monkeypatch, capsys):
     secret = "s3cr3t-token-do-not-log"
