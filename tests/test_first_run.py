@@ -93,7 +93,7 @@ def test_a_run_from_elsewhere_writes_nothing_there_and_keeps_its_console_to_the_
 
 
 @pytest.mark.slow
-def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_path, tiny_study, ray_session):
+def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_path, finished_grid):
     import torch
     from mlflow.tracking import MlflowClient
 
@@ -102,22 +102,13 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
     from icd_tune.method.train import Trainer
     from icd_tune.platform.study.trials import trial_config
 
-    (tmp_path / "common.yaml").write_text("description: written in the file it extends\n")
-    path = tiny_study("students", """
-    extends: common.yaml
-    mode: grid
-    grid:
-      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
-    baseline: 0.0
-    seeds: [0]
-    """, epochs=2)
-    study = load_study(path, ["optim.lr=0.05"])
-    argv = [str(path), "--set", "optim.lr=0.05"]
-    out = run_study(study, RunOptions(results_dir=str(tmp_path / "results"), command=argv), log=lambda *_: None)
+    # The shared grid (conftest.py): grid.yaml extends common.yaml, run with --set optim.lr=0.05;
+    # 2 levels x 2 seeds, 2 epochs each.
+    study, argv, out = finished_grid.study, finished_grid.argv, finished_grid.out
     client = MlflowClient(out["tracking_uri"])
     children = [r for r in client.search_runs([out["experiment_id"]])
                 if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
-    assert len(children) == 2
+    assert len(children) == 4
     cfg = trial_config(study.base, {}, 0)
     data = load_data(cfg.data)
     for run in children:
@@ -131,7 +122,7 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
         assert trainer.evaluate(data.test_x, data.test_y)["acc1"] == run.data.metrics["test/acc1_at_best_val"]
         assert_lineage(client, run, data)
         assert_system_metrics(client, run)
-    assert_study_record(client, out["parent_run_id"], path, tmp_path / "common.yaml", argv)
+    assert_study_record(client, out["parent_run_id"], finished_grid.path, finished_grid.extended, argv, tmp_path)
     assert_pruned(out["run_folder"], len(children))
 
 
@@ -167,7 +158,7 @@ def assert_system_metrics(client, run):
     assert not any(k.startswith("system/gpu") for k in run.data.metrics)
 
 
-def assert_study_record(client, parent_id, path, extended, argv):
+def assert_study_record(client, parent_id, path, extended, argv, download_to):
     """The study files as written and as resolved, the command line and the --set values."""
     import yaml
 
@@ -175,9 +166,9 @@ def assert_study_record(client, parent_id, path, extended, argv):
     assert parent.data.tags["icd_tune.command"] == "run_ablation.py " + " ".join(argv)
     assert parent.data.params["set.optim.lr"] == "0.05"
     written = sorted(a.path for a in client.list_artifacts(parent_id, "study/written"))
-    assert written == ["study/written/common.yaml", "study/written/students.yaml"]
-    local = client.download_artifacts(parent_id, "study", str(path.parent / "downloaded"))
-    assert open(f"{local}/written/students.yaml").read() == path.read_text()
+    assert written == ["study/written/common.yaml", "study/written/grid.yaml"]
+    local = client.download_artifacts(parent_id, "study", str(download_to / "downloaded"))
+    assert open(f"{local}/written/grid.yaml").read() == path.read_text()
     assert open(f"{local}/written/common.yaml").read() == extended.read_text()
     resolved = yaml.safe_load(open(f"{local}/resolved.yaml"))
     assert resolved["description"] == "written in the file it extends" and resolved["optim"]["lr"] == 0.05

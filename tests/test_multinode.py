@@ -20,8 +20,9 @@ seeds: [0, 1]
 """
 
 
-@pytest.fixture
-def cluster():
+@pytest.fixture(scope="module")
+def started_cluster():
+    """One cluster for this file: the spread test leaves it as it found it, the removed-worker test comes last."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -32,6 +33,16 @@ def cluster():
     yield c, workers
     ray.shutdown()
     c.shutdown()
+
+
+@pytest.fixture
+def cluster(started_cluster):
+    import ray
+
+    c, workers = started_cluster
+    assert len(c.list_all_nodes()) == 4, "a test before this one removed a node"  # a head and 3 workers
+    yield c, workers
+    ray.shutdown()  # each study connects afresh
 
 
 def _children(out):

@@ -20,7 +20,6 @@ from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.study.definition import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 def mlflow_client(uri):
@@ -50,16 +49,10 @@ class SnapshotProbe(tune.Callback):
         self.missing += [t.trial_id for t in trials if t.trial_id not in ids]
 
 
-def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_session):
-    path = tiny_study("grid", """
-    mode: grid
-    grid:
-      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
-    baseline: 0.0
-    seeds: [0, 1]
-    transfer: {datasets: [synthetic], epochs: 2, batch_size: 32, max_steps_per_epoch: 3}
-    """)
-    out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results")), log=lambda *_: None)
+@pytest.mark.slow
+def test_grid_study_logs_one_child_run_per_trial(finished_grid):
+    # The shared grid (conftest.py): 2 levels x 2 seeds, 2 epochs, a transfer probe after the last epoch.
+    out = finished_grid.out
     client = mlflow_client(out["tracking_uri"])
     experiment = client.get_experiment(out["experiment_id"])
     assert experiment.name == "grid"
@@ -102,6 +95,7 @@ def test_grid_study_logs_one_child_run_per_trial(tmp_path, tiny_study, ray_sessi
     assert "transfer/synthetic/acc1" in section and section.count("(n=2)") == 2
 
 
+@pytest.mark.slow
 def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_session):
     """Protocol paper, two teachers from RepDistiller-format files through one template, and published numbers
     beside the measured ones: one Ray run covers them all (the output cache is off: building it costs more here)."""
@@ -162,6 +156,7 @@ def test_paper_protocol_with_a_teacher_per_point(tmp_path, tiny_study, ray_sessi
         assert run.data.tags["icd_tune.teacher.outputs"] == "live teacher"
 
 
+@pytest.mark.slow
 def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, ray_session):
     import optuna
 
@@ -207,6 +202,7 @@ def test_search_with_asha_records_pruned_trials_in_optuna(tmp_path, tiny_study, 
     assert [t.state for t in logged.trials] == states
 
 
+@pytest.mark.slow
 def test_smoke_runs_one_short_trial(tmp_path, tiny_study, ray_session):
     path = tiny_study("smoke", """
     mode: grid
@@ -261,6 +257,7 @@ def run_then_kill(cmd, cwd, db: Path, min_logged: int, log_path: Path):
     return env
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_duplicate_runs_and_never_mixes_studies(tmp_path, tiny_study):
     path = tiny_study("resume", """
     mode: grid
@@ -303,6 +300,7 @@ def test_killed_driver_resumes_without_duplicate_runs_and_never_mixes_studies(tm
     assert closed.info.status == "KILLED" and closed.data.tags["icd_tune.end"].startswith("interrupted: its driver")
 
 
+@pytest.mark.slow
 def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_session):
     path = tiny_study("cached", """
     teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 16}, cache: on, cache_dtype: float32}
@@ -322,6 +320,7 @@ def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_se
     assert out["trials"][0]["final"]["train/loss_kd"] > 0
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_study):
     import optuna
 
@@ -361,6 +360,7 @@ def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_stu
     assert logged == 12
 
 
+@pytest.mark.slow
 def test_quickstart_smoke_from_the_command_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     out = subprocess.run([sys.executable, str(ROOT / "run_ablation.py"), str(ROOT / "ablations" / "quickstart.yaml"),
