@@ -55,8 +55,10 @@ def _children(out):
 
 def test_study_spreads_over_nodes(tmp_path, tiny_study, cluster):
     c, workers = cluster
-    path = tiny_study("multi", GRID + "teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 32}, cache: on}\n",
-                      epochs=2, steps=3)
+    # Few images: each node builds the cache (162 variants of every image) on its CPU; the spread needs no more.
+    path = tiny_study("multi", GRID + "teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 16}, cache: on}\n"
+                      "data: {name: synthetic, num_train: 60, num_test: 20, num_classes: 4, val_fraction: 0.2}\n"
+                      "optim: {epochs: 2, batch_size: 16, lr: 0.05}\n", epochs=2, steps=3)
     logs = []
     out = run_study(load_study(path), RunOptions(address=c.address, results_dir=str(tmp_path / "results")),
                     log=logs.append)
