@@ -94,6 +94,11 @@ class Distiller(nn.Module):
         return None
 
     @classmethod
+    def state_bytes(cls, loss: LossConfig, num_train: int) -> int:
+        """About how large its state is in a checkpoint when it grows with the data (memory banks); 0 otherwise."""
+        return 0
+
+    @classmethod
     def fit_to_sizes(cls, loss: LossConfig, num_train: int, batch_size: int) -> dict[str, Any]:
         """Overrides (``loss.<key>`` -> value) that fit its settings to a smaller training split (smoke runs)."""
         return {}

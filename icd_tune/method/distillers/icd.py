@@ -107,6 +107,10 @@ class ICDDistiller(Distiller):
         return None
 
     @classmethod
+    def state_bytes(cls, loss: ICDLossConfig, num_train: int) -> int:
+        return 2 * num_train * loss.feat_dim * 4 if loss.negatives.source == "memory" else 0  # two fp32 banks
+
+    @classmethod
     def fit_to_sizes(cls, loss: ICDLossConfig, num_train: int, batch_size: int) -> dict[str, Any]:
         allowed = num_train - batch_size
         if loss.negatives.source != "memory" or not loss.uses_head or loss.negatives.count <= allowed:
