@@ -6,8 +6,6 @@ state, and warmed up over the first epoch. A counter that was not checkpointed o
 restored would change every loss after the interruption, so the resume checks fail.
 """
 
-import io
-import textwrap
 
 import pytest
 import torch
@@ -56,7 +54,7 @@ class Drifting(Distiller):
 
     def step(self, inputs):
         self.steps += 1  # on the device: no host synchronisation
-        warm = min(1.0, inputs.epoch / 2)
+        warm = min(1.0, inputs.epoch / (inputs.epochs / 2))
         gap = (inputs.logits.float() - inputs.teacher_logits.float()).pow(2).mean()
         return {"drift": warm * (1 + self.loss.drift_rate * self.steps) * gap}
 

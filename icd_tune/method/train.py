@@ -122,7 +122,7 @@ class Trainer:
             t_logits, t_features = self.teacher(x, index, variant)
             terms["kd"] = kd_loss(logits, t_logits, self.cfg.loss.kd_temperature)
         terms.update(self.method.step(StepInputs(x, y, index, variant, logits, features, t_logits, t_features,
-                                                 epoch, self.negatives_generator)))
+                                                 epoch, self.cfg.optim.epochs, self.negatives_generator)))
         return logits, terms
 
     @property

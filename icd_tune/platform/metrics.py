@@ -98,7 +98,7 @@ PAPER_ONLY = (TEST_BEST_ACC1, TEST_BEST_EPOCH)
 
 
 def trial_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
-    """Every name one epoch of a trial with this config reports: its loss terms, the head's scale, the splits."""
+    """Every name one epoch of a trial with this config reports: its loss terms, its method's own figures, the splits."""
     from ..method.data import val_size
     from ..method.distillers import get_method
 

@@ -14,7 +14,8 @@ method adds its own terms on top of them and declares:
 * its trainable modules (``trainable_modules()``, by default the method itself) and its
   state: ``state_dict()`` of the method module, which holds neither student nor teacher;
   the trainer checkpoints and restores it with the student;
-* ``step(inputs)``: its unweighted terms for one batch, told the epoch besides the batch.
+* ``step(inputs)``: its unweighted terms for one batch, told the epoch and the epoch budget besides
+  the batch.
 
 ``step`` runs every optimiser step: it must not synchronise with the host (no
 ``.item()``, ``.tolist()``, printing a tensor or branching on a tensor's value) and must
@@ -49,6 +50,7 @@ class StepInputs:
     teacher_logits: torch.Tensor | None  # None when the trial uses no teacher
     teacher_features: torch.Tensor | None
     epoch: int  # the epoch being trained, from 1; a Python int, the same for every step of an epoch
+    epochs: int  # the trial's epoch budget (``optim.epochs``), for warm-ups given as a share of it
     generator: torch.Generator | None  # the trial's seeded generator for a method's own sampling
 
 
