@@ -15,6 +15,7 @@ import importlib
 METHODS: dict[str, str] = {
     "icd": "icd_tune.method.distillers.icd:ICDDistiller",
     "ce": "icd_tune.method.distillers.ce:CrossEntropy",
+    "dkd": "icd_tune.method.distillers.dkd:DKDDistiller",
 }
 
 
