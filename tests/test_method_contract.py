@@ -238,20 +238,34 @@ def test_an_outside_method_runs_in_a_study_and_resumes_to_the_same_epochs(outsid
 
     log = tmp_path / "restores.log"
     study = load_study(tiny_study("outside", TWO_POINTS.format(log=log), epochs=4, steps=2))
-    straight = run_study(study, RunOptions(results_dir=str(tmp_path / "straight")), log=lambda *_: None)
-    assert [t["status"] for t in straight["trials"]] == ["completed", "completed"]
-    expected = per_epoch(straight)
-    assert sorted(expected) == ["drift=0.0 seed=0", "drift=0.25 seed=0"]
-    assert all([e[0] for e in rows] == [1, 2, 3, 4] for rows in expected.values())
-    assert not log.exists()
-
     stop = SignalAt(epoch=2)
-    results = str(tmp_path / "interrupted")
-    cut = run_study(study, RunOptions(results_dir=results, extra_callbacks=[stop.callback]), log=lambda *_: None)
+    results = tmp_path / "interrupted"
+    cut = run_study(study, RunOptions(results_dir=str(results), extra_callbacks=[stop.callback]), log=lambda *_: None)
     assert stop.sent and any(t["status"] != "completed" for t in cut["trials"])
-    resumed = run_study(study, RunOptions(results_dir=results, resume=True), log=lambda *_: None)
+    assert not log.exists()
+    resumed = run_study(study, RunOptions(results_dir=str(results), resume=True), log=lambda *_: None)
     assert [t["status"] for t in resumed["trials"]] == ["completed", "completed"]
     assert log.read_text().startswith("restored at step")  # continued from its checkpoint, state and all
+
+    # The same two trials uninterrupted, in this process, with the run's teacher and its thread count.
+    from icd_tune.method.data import load_data
+    from icd_tune.method.teachers import get_teacher
+
+    expected = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for point in study.grid_points():
+            cfg = study.trial_config(point.overrides, point.seed)
+            data = load_data(cfg.data)
+            teacher, info = get_teacher(cfg.teacher, data, cfg.data, device="cpu", cache_dir=results / "teachers",
+                                        log=lambda *_: None)
+            assert info["source"] == "cache"
+            expected[point.name] = [(m["epoch"], m["train/loss"], m["train/loss_drift"], m["train/drift_steps"],
+                                     m["val/acc1"]) for m in Trainer(cfg, data, teacher).epochs()]
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(expected) == ["drift=0.0 seed=0", "drift=0.25 seed=0"]
     got = per_epoch(resumed)
     for name in expected:
         assert got[name] == expected[name], (name, got[name], expected[name])
