@@ -16,6 +16,7 @@ METHODS: dict[str, str] = {
     "icd": "icd_tune.method.distillers.icd:ICDDistiller",
     "ce": "icd_tune.method.distillers.ce:CrossEntropy",
     "dkd": "icd_tune.method.distillers.dkd:DKDDistiller",
+    "crd": "icd_tune.method.distillers.crd:CRDDistiller",
 }
 
 
