@@ -16,7 +16,7 @@ N, B, D_S, D_T = 40, 4, 6, 5
 
 def reference_crd(method, f_s, f_t, index, negatives, z=None):
     """Both NCE directions, one anchor and one key at a time; returns (loss, Z used)."""
-    loss_cfg, t, n = method.loss, method.loss.crd_temperature, method.num_train
+    t, n = method.loss.crd_temperature, method.num_train
     v_s = [F.normalize(method.embed_s(f_s[i]), dim=0) for i in range(B)]
     v_t = [F.normalize(method.embed_t(f_t[i]), dim=0) for i in range(B)]
     raw = {"s": [], "t": []}
