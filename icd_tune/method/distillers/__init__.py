@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "ce": "icd_tune.method.distillers.ce:CrossEntropy",
     "dkd": "icd_tune.method.distillers.dkd:DKDDistiller",
     "crd": "icd_tune.method.distillers.crd:CRDDistiller",
+    "rrd": "icd_tune.method.distillers.rrd:RRDDistiller",
 }
 
 
