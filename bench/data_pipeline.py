@@ -98,12 +98,12 @@ def measure_kd_step(images, labels, steps: int, batch_size: int) -> float:
                                  "loss": {"kd_weight": 1.0, "contrastive_weight": 0.0, "invariance_weight": 0.0},
                                  "optim": {"batch_size": batch_size}, "device": "cpu"})
     trainer = Trainer(cfg, data, create_model("resnet32x4", 100), device="cpu")
-    trainer.distiller.train()
-    weights = [(k, w) for k, w in trainer.distiller.weights.items() if w != 0]
+    trainer.train_mode()
+    weights = [(k, w) for k, w in trainer.weights.items() if w != 0]
     times = []
     for i, (x, y, index, variant) in enumerate(trainer.stream.epoch(steps + 2)):
         start = time.perf_counter()
-        _, terms = trainer.distiller.forward_train(x, y, index, variant, trainer.negatives_generator)
+        _, terms = trainer.step_terms(x, y, index, variant, epoch=1)
         loss = sum(w * terms[k] for k, w in weights)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -120,9 +120,9 @@ def first_step_terms(trainer: Trainer, data, batch: int) -> dict[str, float]:
     variant = (index * 37) % NUM_VARIANTS
     x = trainer.normalizer(augment(data.train_x[:batch].to(device), variant))
     y = data.train_y[:batch].to(device)
-    trainer.distiller.train()
+    trainer.train_mode()
     with torch.no_grad(), trainer._autocast():
-        _, terms = trainer.distiller.forward_train(x, y, index, variant, trainer.negatives_generator)
+        _, terms = trainer.step_terms(x, y, index, variant, epoch=1)
     return {name: float(value.float()) for name, value in terms.items()}
 
 

@@ -5,7 +5,7 @@ Teacher resnet32x4 -> student resnet8x4, batch 64, 100 classes, on synthetic
 data sized like CIFAR-100's training split (50,000 images less a 10% validation
 share = 45,000). Every configuration is built through the real code
 (``TrialConfig`` -> ``Trainer``) and one step is what ``Trainer.train_epoch``
-does: ``forward_train``, the weighted sum of the terms, ``zero_grad``,
+does: ``Trainer.step_terms``, the weighted sum of the terms, ``zero_grad``,
 ``backward``, ``optimizer.step``. Fetching the batch is not timed
 (``bench/data_pipeline.py`` measures that).
 
@@ -123,12 +123,12 @@ class Config:
             "device": "cpu",
         })
         teacher = None
-        if cfg.loss.uses_teacher and teacher_outputs is None:
+        if cfg.uses_teacher and teacher_outputs is None:
             teacher = create_model(args.teacher, data.num_classes)
         self.name = name
         self.trainer = Trainer(cfg, data, teacher, device="cpu", teacher_outputs=teacher_outputs)
-        self.weights = [(n, w) for n, w in self.trainer.distiller.weights.items() if w != 0]
-        self.trainer.distiller.train()
+        self.weights = [(n, w) for n, w in self.trainer.weights.items() if w != 0]
+        self.trainer.train_mode()
         self._batches = iter(())
 
     def next_batch(self):
@@ -140,8 +140,8 @@ class Config:
 
     def step(self, batch) -> None:
         x, y, index, variant = batch
-        distiller, optimizer = self.trainer.distiller, self.trainer.optimizer
-        _, terms = distiller.forward_train(x, y, index, variant, self.trainer.negatives_generator)
+        optimizer = self.trainer.optimizer
+        _, terms = self.trainer.step_terms(x, y, index, variant, epoch=1)
         loss = sum(w * terms[n] for n, w in self.weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -390,7 +390,7 @@ def build_teacher_cache(args, folder: str):
 
 def time_lookup(config: Config, calls: int = 200) -> float:
     """Median seconds of one ``CachedTeacher.forward`` (the lookup that replaces the teacher forward)."""
-    teacher = config.trainer.distiller.teacher
+    teacher = config.trainer.teacher
     samples = []
     for _ in range(calls):
         x, _, index, variant = config.next_batch()

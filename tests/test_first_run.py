@@ -117,7 +117,7 @@ def test_each_finished_trial_logs_a_student_that_reproduces_its_test_number(tmp_
         local = client.download_artifacts(run.info.run_id, "student/resnet8.pth", str(tmp_path / run.info.run_id))
         model = create_model("resnet8", data.num_classes)
         model.load_state_dict(torch.load(local, weights_only=True)["model"])  # strict
-        trainer = Trainer(cfg, data, None if not cfg.loss.uses_teacher else create_model("resnet8", 4))
+        trainer = Trainer(cfg, data, None if not cfg.uses_teacher else create_model("resnet8", 4))
         trainer.student.load_state_dict(model.state_dict())
         assert trainer.evaluate(data.test_x, data.test_y)["acc1"] == run.data.metrics["test/acc1_at_best_val"]
         assert_lineage(client, run, data)

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icd_tune.method.config import LossConfig, NegativesConfig
+from icd_tune.method.config import NegativesConfig
+from icd_tune.method.distillers.icd import ICDLossConfig
 from icd_tune.method.losses import (ICDHead, check_negative_count, icd_terms, icd_terms_with_keys, kd_loss,
                              sample_excluding)
 
@@ -76,7 +77,7 @@ def test_memory_formulation_with_batch_keys_equals_batch_mode():
 
 def test_gradients_reach_heads_theta_and_bias():
     for source in ("batch", "memory"):
-        cfg = LossConfig(feat_dim=8, negatives=NegativesConfig(source=source, count=10))
+        cfg = ICDLossConfig(feat_dim=8, negatives=NegativesConfig(source=source, count=10))
         head = ICDHead(5, 7, cfg, num_train=40, batch_size=4)
         g = torch.Generator().manual_seed(0)
         f_s, f_t = torch.randn(4, 5, generator=g), torch.randn(4, 7, generator=g)
@@ -92,10 +93,10 @@ def test_gradients_reach_heads_theta_and_bias():
 
 
 def test_fixed_temperature_and_learnable_cap():
-    fixed = ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.2))
+    fixed = ICDHead(4, 4, ICDLossConfig(feat_dim=4, temperature=0.2))
     assert fixed.logit_scale().item() == pytest.approx(5.0, rel=1e-6)
     assert not any(n in dict(fixed.named_parameters()) for n in ("theta", "bias"))
-    learn = ICDHead(4, 4, LossConfig(feat_dim=4))
+    learn = ICDHead(4, 4, ICDLossConfig(feat_dim=4))
     assert learn.logit_scale().item() == pytest.approx(math.e, rel=1e-6)
     with torch.no_grad():
         learn.theta.fill_(5.0)
@@ -103,14 +104,14 @@ def test_fixed_temperature_and_learnable_cap():
 
 
 def test_frozen_scale_is_the_learnable_start_untrained_and_temperature_one_over_e():
-    frozen = ICDHead(4, 4, LossConfig(feat_dim=4, temperature="frozen"))
+    frozen = ICDHead(4, 4, ICDLossConfig(feat_dim=4, temperature="frozen"))
     assert frozen.logit_scale().item() == pytest.approx(math.e, rel=1e-6)
     assert not any(n in dict(frozen.named_parameters()) for n in ("theta", "bias"))
-    same = ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.36787944117144233))
+    same = ICDHead(4, 4, ICDLossConfig(feat_dim=4, temperature=0.36787944117144233))
     assert same.logit_scale().item() == pytest.approx(frozen.logit_scale().item(), rel=1e-6)
     # The value the docs quote, 0.36788, is the same scale to 1e-5.
-    assert ICDHead(4, 4, LossConfig(feat_dim=4, temperature=0.36788)).logit_scale().item() == pytest.approx(math.e, rel=1e-5)
-    learn = ICDHead(4, 4, LossConfig(feat_dim=4))
+    assert ICDHead(4, 4, ICDLossConfig(feat_dim=4, temperature=0.36788)).logit_scale().item() == pytest.approx(math.e, rel=1e-5)
+    learn = ICDHead(4, 4, ICDLossConfig(feat_dim=4))
     z = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
     assert all(torch.equal(a, b) for a, b in zip(icd_terms(z, z.flip(0), frozen.logit_scale(), frozen.bias),
                                                  icd_terms(z, z.flip(0), learn.logit_scale(), learn.bias)))
@@ -127,7 +128,7 @@ def test_negatives_never_in_batch_and_distinct():
 
 
 def test_memory_bank_updates_only_batch_rows():
-    cfg = LossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=8, momentum=0.5))
+    cfg = ICDLossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=8, momentum=0.5))
     head = ICDHead(3, 3, cfg, num_train=20, batch_size=4)
     before = head.bank_s.clone()
     index = torch.tensor([1, 5, 9, 13])
@@ -140,7 +141,7 @@ def test_memory_bank_updates_only_batch_rows():
 def test_too_many_negatives_is_a_clear_error():
     with pytest.raises(ValueError, match=r"negatives.count 100 is more than the data allows.*at most 96"):
         check_negative_count(100, 100, 4)
-    cfg = LossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=100))
+    cfg = ICDLossConfig(feat_dim=4, negatives=NegativesConfig(source="memory", count=100))
     with pytest.raises(ValueError, match="more than the data allows"):
         ICDHead(3, 3, cfg, num_train=100, batch_size=4)
 
@@ -149,7 +150,7 @@ def test_too_many_negatives_is_a_clear_error():
 def test_head_terms_stay_fp32_under_bf16_autocast(source):
     # The projections may run in bf16; the logits, softmaxes and KL must not. Given the
     # head's own (autocast) embeddings, its terms equal the fp32 terms of those embeddings.
-    cfg = LossConfig(feat_dim=32, negatives=NegativesConfig(source=source, count=40))
+    cfg = ICDLossConfig(feat_dim=32, negatives=NegativesConfig(source=source, count=40))
     torch.manual_seed(0)
     head = ICDHead(48, 64, cfg, num_train=128, batch_size=16)
     f_s, f_t = torch.randn(16, 48), torch.randn(16, 64)

@@ -73,7 +73,7 @@ def test_plan_of_a_grid_resolves_points_resources_and_folders(tmp_path, tiny_stu
     assert list(plan.state) == ["fingerprint"] and not results.exists()
     assert json.loads(json.dumps(vars(plan.run_settings()))) == {
         "metric": "val/acc1", "seeds": [0, 1], "cpus_per_trial": 2, "checkpoint_every": 1, "gpus_per_trial": 0.0,
-        "system_metrics": True}
+        "system_metrics": True, "import_paths": []}
 
 
 def test_plan_of_a_smoke_run_caps_the_first_point(tmp_path, tiny_study):

@@ -168,7 +168,7 @@ def test_trial_metrics_are_what_such_a_trial_reports(loss, val_fraction, protoco
             "protocol": protocol}
     cfg = trial_config(base, {}, 0)
     torch.manual_seed(0)
-    teacher = create_model("resnet8", 4).eval() if cfg.loss.uses_teacher else None
+    teacher = create_model("resnet8", 4).eval() if cfg.uses_teacher else None
     (metrics,) = Trainer(cfg, load_data(cfg.data), teacher).epochs()
     assert set(metrics) == set(trial_metrics(cfg))
 

@@ -64,8 +64,8 @@ def test_resume_is_bit_exact(tiny_data, teacher, tmp_path, source):
 
     for name, tensor in straight.student.state_dict().items():
         assert torch.equal(tensor, resumed.student.state_dict()[name]), name
-    for name, tensor in straight.distiller.head.state_dict().items():
-        assert torch.equal(tensor, resumed.distiller.head.state_dict()[name]), name
+    for name, tensor in straight.method.state_dict().items():
+        assert torch.equal(tensor, resumed.method.state_dict()[name]), name
     assert straight_history[-1]["train/loss"] == resumed_history[-1]["train/loss"]
     assert straight_history[-1]["test/acc1"] == resumed_history[-1]["test/acc1"]
 

@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+from .loss_config import LossConfig
 from .schema import ConfigError, from_dict, join_path, require, to_dict
 from .transfer_config import TransferConfig
 
 # `optim.lr: auto` is 0.05, except for these students, trained at 0.01 in the published recipe.
 LOW_LR_ARCHS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 AUTO_LR, LOW_LR = 0.05, 0.01
+DEFAULT_METHOD = "icd"
 
 
 def resolve_lr(lr: Union[str, float], arch: str) -> float:
@@ -66,40 +68,11 @@ class NegativesConfig:
         require(0.0 <= self.momentum < 1.0, f"bad value {self.momentum!r}: expected 0 <= momentum < 1", join_path(path, "momentum"))
 
 
-@dataclass
-class LossConfig:
-    ce_weight: float = 1.0
-    kd_weight: float = 0.0
-    contrastive_weight: float = 1.0
-    invariance_weight: float = 0.5
-    kd_temperature: float = 4.0
-    # How the ICD logits are scaled (logits = scale * cosine + bias):
-    #   `learnable`: scale = exp(theta), theta trained from 1 (scale e), capped at 10, plus a trained bias;
-    #     the published CIFAR-100 table's setting.
-    #   `frozen`: the same scale left untrained at its initial value e (T = 1/e = 0.36788), bias 0;
-    #     what the authors' ImageNet script does. Equal to temperature 0.36787944117144233.
-    #   a number T: a fixed temperature, scale = 1/T, bias 0 (logits are divided by T).
-    temperature: Union[Literal["learnable", "frozen"], float] = "learnable"
-    feat_dim: int = 128
-    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+def default_loss() -> LossConfig:
+    """The default method's ``loss:`` section with its defaults."""
+    from .distillers import get_method
 
-    def validate(self, path: str) -> None:
-        for name in ("ce_weight", "kd_weight", "contrastive_weight", "invariance_weight"):
-            value = getattr(self, name)
-            require(math.isfinite(value) and value >= 0, f"bad value {value!r}: loss weights must be finite and >= 0", join_path(path, name))
-        require(self.kd_temperature > 0, f"bad value {self.kd_temperature!r}: expected a temperature > 0", join_path(path, "kd_temperature"))
-        if self.temperature not in ("learnable", "frozen"):
-            require(math.isfinite(self.temperature) and self.temperature > 0, f"bad value {self.temperature!r}: expected "
-                    f"'learnable', 'frozen' or a temperature > 0", join_path(path, "temperature"))
-        require(self.feat_dim >= 1, f"bad value {self.feat_dim!r}: expected a positive integer", join_path(path, "feat_dim"))
-
-    @property
-    def uses_icd(self) -> bool:
-        return self.contrastive_weight > 0 or self.invariance_weight > 0
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.uses_icd
+    return get_method(DEFAULT_METHOD).config_class()
 
 
 @dataclass
@@ -160,9 +133,9 @@ class TeacherConfig:
 
 @dataclass
 class TrialConfig:
-    # The distiller, by its registered name (icd_tune/method/distillers). KD, plain
-    # contrastive distillation and CE training are loss-weight settings of "icd".
-    method: str = "icd"
+    # The distiller: a registered name (icd_tune/method/distillers: icd, ce) or module:Class.
+    # KD and plain contrastive distillation are loss-weight settings of "icd"; "ce" adds no terms.
+    method: str = DEFAULT_METHOD
     # `validation` (select on a held-out split, report test at the best validation epoch) or
     # `paper` (no validation split; report the best test accuracy over epochs, selected on test).
     # `validation`: a held-out share of the training set selects epochs, levels and configurations;
@@ -171,7 +144,7 @@ class TrialConfig:
     student: str = "resnet8x4"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=default_loss)  # the method's config_class
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     # Cap on optimizer steps per epoch (smoke runs); None runs full epochs.
@@ -184,11 +157,12 @@ class TrialConfig:
     transfer: Optional[TransferConfig] = None
 
     def validate(self, path: str) -> None:
-        from .distillers import method_names
         from .models import MODEL_NAMES
         from .schema import suggest
 
-        require(self.method in method_names(), f"unknown method '{self.method}'{suggest(self.method, method_names())}", join_path(path, "method"))
+        config_class = method_config_class(self.method, join_path(path, "method"))
+        require(type(self.loss) is config_class, f"the loss section of method '{self.method}' is a "
+                f"{config_class.__name__}, not a {type(self.loss).__name__}", join_path(path, "loss"))
         require(self.student in MODEL_NAMES, f"unknown model '{self.student}'{suggest(self.student, MODEL_NAMES)}", join_path(path, "student"))
         if self.max_steps_per_epoch is not None:
             require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer or null", join_path(path, "max_steps_per_epoch"))
@@ -200,10 +174,32 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, data: dict, path: str = "") -> "TrialConfig":
-        return from_dict(cls, with_protocol_defaults(data), path)
+        data = with_protocol_defaults(data)
+        method = data.get("method", DEFAULT_METHOD) if isinstance(data, dict) else DEFAULT_METHOD
+        if not isinstance(method, str):
+            raise ConfigError(f"bad value {method!r}: expected a method name or module:Class", join_path(path, "method"))
+        # The loss section is read as the method's own config class: its keys are the method's.
+        return from_dict(cls, data, path, field_types={"loss": method_config_class(method, join_path(path, "method"))})
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether this trial reads a teacher: KD's weight, or its method's own terms."""
+        from .distillers import uses_teacher
+
+        return uses_teacher(self.method, self.loss)
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def method_config_class(method: str, path: str = "method") -> type:
+    """The ``loss:`` dataclass of ``method``; a ConfigError naming what is wrong when there is no such method."""
+    from .distillers import MethodError, get_method
+
+    try:
+        return get_method(method).config_class
+    except MethodError as err:
+        raise ConfigError(str(err), path) from None
 
 
 def with_protocol_defaults(data: dict) -> dict:

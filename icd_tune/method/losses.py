@@ -15,8 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import LossConfig
-
 MAX_LOGIT_SCALE = 10.0
 INITIAL_THETA = 1.0
 
@@ -110,8 +108,9 @@ def sample_excluding(num_items: int, excluded: torch.Tensor, count: int, generat
 class ICDHead(nn.Module):
     """Projection heads, logit scale/bias and (for memory negatives) the two memory banks."""
 
-    def __init__(self, student_dim: int, teacher_dim: int, cfg: LossConfig, num_train: int | None = None,
+    def __init__(self, student_dim: int, teacher_dim: int, cfg, num_train: int | None = None,
                  batch_size: int | None = None, bank_seed: int = 0):
+        """``cfg``: ICD's ``loss:`` section (``distillers.icd.ICDLossConfig``)."""
         super().__init__()
         self.feat_dim = cfg.feat_dim
         self.proj_s = nn.Linear(student_dim, cfg.feat_dim)

@@ -142,13 +142,17 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"bad value {value!r}: expected {_type_name(tp)}", path)
 
 
-def from_dict(cls: type, data: dict, path: str = "") -> Any:
-    """Builds dataclass ``cls`` from ``data``; missing keys take the field defaults."""
+def from_dict(cls: type, data: dict, path: str = "", field_types: typing.Mapping[str, type] | None = None) -> Any:
+    """Builds dataclass ``cls`` from ``data``; missing keys take the field defaults.
+
+    ``field_types`` reads the named fields as these dataclasses instead of their annotations
+    (a trial's ``loss`` section is its method's config class).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"bad value {data!r}: expected a mapping", path)
-    hints = typing.get_type_hints(cls)
+    hints = {**typing.get_type_hints(cls), **(field_types or {})}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_keys(data, fields, path)
     kwargs = {}
@@ -156,6 +160,8 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
         key_path = join_path(path, name)
         if name in data:
             kwargs[name] = coerce(data[name], hints[name], key_path)
+        elif field_types and name in field_types:
+            kwargs[name] = coerce({}, field_types[name], key_path)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError("required key is missing", key_path)
     obj = cls(**kwargs)

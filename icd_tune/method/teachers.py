@@ -33,7 +33,8 @@ def teacher_trial_config(cfg: TeacherConfig, data_cfg, device: str = "auto") -> 
     return TrialConfig(
         student=cfg.arch,
         data=data_cfg,
-        loss=LossConfig(ce_weight=1.0, kd_weight=0.0, contrastive_weight=0.0, invariance_weight=0.0),
+        method="ce",  # cross-entropy alone
+        loss=LossConfig(ce_weight=1.0, kd_weight=0.0),
         optim=cfg.optim,
         seed=cfg.seed,
         device=device,

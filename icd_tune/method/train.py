@@ -19,10 +19,13 @@ from .config import TrialConfig, resolve_lr
 from .data import DataBundle, Normalizer, TrainStream, eval_batches
 from .device import resolve_device
 from .distillers import get_method
+from .distillers.base import StepInputs
+from .losses import ce_loss, kd_loss
 from .teacher_outputs import LiveTeacher
 from .models import create_model, feature_dim
 
-CHECKPOINT_FORMAT = 1
+# 2: the method's own state under "method" (format 1, ICD only, kept its head under "head").
+CHECKPOINT_FORMAT = 2
 
 
 class DivergenceError(RuntimeError):
@@ -53,24 +56,33 @@ class Trainer:
         opt = cfg.optim
 
         student = build_student(cfg, data.num_classes)
-        if teacher_outputs is None and teacher is not None and cfg.loss.uses_teacher:
+        if teacher_outputs is None and teacher is not None and cfg.uses_teacher:
             teacher_outputs = LiveTeacher(teacher)
+        if cfg.uses_teacher and teacher_outputs is None:
+            raise ValueError(f"this trial needs a teacher (loss.kd_weight > 0, or method {cfg.method}'s own terms)")
+        if not cfg.uses_teacher:
+            teacher_outputs = None
         if self.cuda:
             student = student.to(memory_format=torch.channels_last)
             if teacher_outputs is not None:
                 teacher_outputs = teacher_outputs.to(memory_format=torch.channels_last)
         # Live and cached teacher outputs both know their feature width; a cache-fed trial has no model to ask.
         teacher_dim = getattr(teacher_outputs, "feature_dim", None)
-        method = get_method(cfg.method)
-        self.distiller = method(student, teacher_outputs, cfg.loss, feature_dim(cfg.student), teacher_dim,
-                                num_train=data.num_train, batch_size=opt.batch_size, seed=cfg.seed).to(self.device)
-        self.student = self.distiller.student
+        self.student, self.teacher = student.to(self.device), teacher_outputs
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(self.device)
+        self.method = get_method(cfg.method)(cfg.loss, feature_dim(cfg.student), teacher_dim,
+                                             num_train=data.num_train, batch_size=opt.batch_size,
+                                             seed=cfg.seed).to(self.device)
+        self.term_names = trainer_terms(cfg, self.method)
+        self.term_weights = {"ce": cfg.loss.ce_weight, "kd": cfg.loss.kd_weight, **self.method.weights}
         if cfg.compile:
-            self.distiller.student.forward = torch.compile(self.distiller.student.forward)
-            if self.distiller.teacher is not None:
-                self.distiller.teacher.forward = torch.compile(self.distiller.teacher.forward)
+            self.student.forward = torch.compile(self.student.forward)
+            if self.teacher is not None:
+                self.teacher.forward = torch.compile(self.teacher.forward)
 
-        params = [p for m in self.distiller.trainable_modules() for p in m.parameters() if p.requires_grad]
+        modules = [self.student, *self.method.trainable_modules()]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=resolve_lr(opt.lr, cfg.student), momentum=opt.momentum, weight_decay=opt.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, opt.milestone_epochs(), gamma=opt.gamma)
 
@@ -98,21 +110,46 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def step_terms(self, x, y, index, variant, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student's logits and every unweighted term of one batch: ce and kd here, then the method's own."""
+        if self.method.student_features:
+            logits, features = self.student(x, with_features=True)
+        else:
+            logits, features = self.student(x), None
+        terms = {"ce": ce_loss(logits.float(), y)}
+        t_logits = t_features = None
+        if self.teacher is not None:
+            t_logits, t_features = self.teacher(x, index, variant)
+            terms["kd"] = kd_loss(logits, t_logits, self.cfg.loss.kd_temperature)
+        terms.update(self.method.step(StepInputs(x, y, index, variant, logits, features, t_logits, t_features,
+                                                 epoch, self.cfg.optim.epochs, self.negatives_generator)))
+        return logits, terms
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each term's weight in the loss, in the order the terms are summed."""
+        return {n: self.term_weights[n] for n in self.term_names}
+
+    def train_mode(self) -> None:
+        for module in (self.student, self.method, self.teacher):
+            if module is not None:
+                module.train()  # a teacher stays in eval mode whatever it is told
+
     def train_epoch(self) -> dict[str, float]:
-        self.distiller.train()
+        self.train_mode()
         epoch_number = self.epoch + 1
-        names = list(self.distiller.weights)
+        names = self.term_names
         sums = torch.zeros(len(names) + 1, device=self.device, dtype=torch.float64)
         first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        weights = [self.distiller.weights[n] for n in names]
+        weights = [self.weights[n] for n in names]
         seen = 0
         if self.cuda:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for step, (x, y, index, variant) in enumerate(self.stream.epoch(self.cfg.max_steps_per_epoch)):
             with self._autocast():
-                logits, terms = self.distiller.forward_train(x, y, index, variant, self.negatives_generator)
+                logits, terms = self.step_terms(x, y, index, variant, epoch_number)
             values = torch.stack([terms[n].float() for n in names])
             loss = sum(w * terms[n] for w, n in zip(weights, names) if w != 0)
             self.optimizer.zero_grad(set_to_none=True)
@@ -139,8 +176,7 @@ class Trainer:
         metrics["train/loss"] = totals[-1] / steps
         metrics["train/acc1"] = 100.0 * correct.item() / max(1, seen)
         metrics["train/lr"] = lr
-        if self.distiller.head is not None:
-            metrics["train/logit_scale"] = float(self.distiller.head.logit_scale().detach())
+        metrics.update(self.method.epoch_metrics())
         metrics["time/epoch_seconds"] = elapsed
         metrics["time/images_per_second"] = seen / elapsed if elapsed > 0 else 0.0
         return metrics
@@ -210,7 +246,6 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        head = self.distiller.head
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
@@ -222,7 +257,7 @@ class Trainer:
             "best_test_epoch": self.best_test_epoch,
             "config": self.cfg.to_dict(),
             "student": _cpu(self.student.state_dict()),
-            "head": _cpu(head.state_dict()) if head is not None else None,
+            "method": _cpu(self.method.state_dict()),  # its own modules and buffers; no student, no teacher
             "optimizer": _cpu(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "data_rng": self.data_generator.get_state(),
@@ -230,13 +265,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
         self.student.load_state_dict(state["student"])
-        if self.distiller.head is not None:
-            if state["head"] is None:
-                raise ValueError("checkpoint has no ICD head but this trial's loss needs one")
-            self.distiller.head.load_state_dict(state["head"])
+        self.method.load_state_dict(method_state(state, self.cfg.method))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data_generator.set_state(state["data_rng"])
@@ -260,6 +290,27 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def trainer_terms(cfg: TrialConfig, method) -> list[str]:
+    """The terms a trial sums, in order: ce, kd when it reads a teacher, then the method's own."""
+    own = list(method.loss_terms(cfg.loss))
+    if set(own) != set(method.weights) or {"ce", "kd"} & set(own):
+        raise ValueError(f"method {cfg.method}: loss_terms {own} and weights {sorted(method.weights)} must name the "
+                         f"same terms, and neither ce nor kd (the trainer's own)")
+    return ["ce", *(["kd"] if cfg.uses_teacher else []), *own]
+
+
+def method_state(state: dict, method: str) -> dict:
+    """The method's state in a checkpoint; a format-1 checkpoint (ICD's head under "head") read as format 2."""
+    version = state.get("format")
+    if version == CHECKPOINT_FORMAT:
+        return state["method"]
+    if version == 1 and method == "icd":
+        return {f"head.{k}": v for k, v in (state.get("head") or {}).items()}
+    raise ValueError(f"checkpoint format {version!r}: this icd-tune reads format {CHECKPOINT_FORMAT}"
+                     + (" and ICD's format 1" if version == 1 else "")
+                     + "; continue the run with the icd-tune that wrote it, or start the trial afresh")
 
 
 def _cpu(obj):

@@ -40,7 +40,8 @@ TEST_ACC5_AT_BEST_VAL = "test/acc5_at_best_val"
 TEST_BEST_ACC1 = "test/best_acc1"
 TEST_BEST_EPOCH = "test/best_epoch"
 
-# The ICD distiller's loss terms; each is reported unweighted as train/loss_<term>.
+# Every loss term of the default method (ICD) at weights that use them all: the trainer's ce and kd,
+# then ICD's own; each is reported unweighted as train/loss_<term> (a trial's own: trial_loss_terms).
 ICD_LOSS_TERMS = ("ce", "kd", "contrastive", "invariance")
 
 # Every trainer metric except ``epoch`` starts with one of these.
@@ -74,9 +75,13 @@ def loss_term(term: str) -> str:
     return f"{TRAIN_LOSS}_{term}"
 
 
-def trainer_metrics(loss_terms: Iterable[str] = ICD_LOSS_TERMS) -> tuple[str, ...]:
-    """Every name one epoch of the trainer can report, for a distiller with these loss terms."""
-    return (TRAIN_LOSS, *(loss_term(t) for t in loss_terms), TRAIN_ACC1, TRAIN_LR, TRAIN_LOGIT_SCALE,
+def trainer_metrics(loss_terms: Iterable[str] = ICD_LOSS_TERMS,
+                    method_metrics: Iterable[str] = (TRAIN_LOGIT_SCALE,)) -> tuple[str, ...]:
+    """Every name one epoch of the trainer can report, with these loss terms and the method's own figures.
+
+    The defaults are those of the default method, ICD, at weights that use all of its terms.
+    """
+    return (TRAIN_LOSS, *(loss_term(t) for t in loss_terms), TRAIN_ACC1, TRAIN_LR, *method_metrics,
             EPOCH_SECONDS, IMAGES_PER_SECOND, VAL_ACC1, VAL_ACC5, VAL_BEST_ACC1, VAL_BEST_EPOCH, TEST_ACC1,
             TEST_ACC5, TEST_ACC1_AT_BEST_VAL, TEST_ACC5_AT_BEST_VAL, TEST_BEST_ACC1, TEST_BEST_EPOCH, EPOCH)
 
@@ -93,16 +98,22 @@ PAPER_ONLY = (TEST_BEST_ACC1, TEST_BEST_EPOCH)
 
 
 def trial_metrics(cfg: "TrialConfig") -> tuple[str, ...]:
-    """Every name one epoch of a trial with this config reports: its loss terms, the head's scale, the splits."""
+    """Every name one epoch of a trial with this config reports: its loss terms, its method's own figures, the splits."""
     from ..method.data import val_size
     from ..method.distillers import get_method
 
-    has_head = cfg.loss.uses_icd
+    method = get_method(cfg.method)
     has_val = val_size(cfg.data) > 0
-    return tuple(name for name in trainer_metrics(get_method(cfg.method).loss_terms(cfg.loss))
-                 if (has_head or name != TRAIN_LOGIT_SCALE)
-                 and (has_val or not (name.startswith("val/") or name in NEEDS_VALIDATION))
+    return tuple(name for name in trainer_metrics(trial_loss_terms(cfg), method.metric_names(cfg.loss))
+                 if (has_val or not (name.startswith("val/") or name in NEEDS_VALIDATION))
                  and (cfg.protocol == "paper" or name not in PAPER_ONLY))
+
+
+def trial_loss_terms(cfg: "TrialConfig") -> tuple[str, ...]:
+    """A trial's loss terms in the order the trainer sums them: the trainer's ce (and kd), then the method's."""
+    from ..method.distillers import get_method
+
+    return ("ce", *(("kd",) if cfg.uses_teacher else ()), *get_method(cfg.method).loss_terms(cfg.loss))
 
 
 def transfer_metrics(cfg: "TrialConfig") -> tuple[str, ...]:

@@ -123,13 +123,13 @@ def check_experiment_storage(storage: str, hosts: set[str]) -> None:
 
 def estimate_disk_bytes(study, trial0, num_train: int, cache_bytes: int = 0) -> int:
     """Rough upper bound on what the study writes: checkpoints kept per trial, reports, the cache."""
+    from ..method.distillers import get_method
     from ..method.models import create_model
 
     student = create_model(trial0.student, 100 if trial0.data.name == "cifar100" else 10)
     params = sum(p.numel() for p in student.parameters())
     per_checkpoint = params * 4 * 2 + 4 * 2**20  # weights + momentum + heads and state
-    if trial0.loss.negatives.source == "memory":
-        per_checkpoint += 2 * num_train * trial0.loss.feat_dim * 4
+    per_checkpoint += get_method(trial0.method).state_bytes(trial0.loss, num_train)
     trials = study.planned_trials()
     kept = 3  # two kept plus one being written
     return trials * kept * per_checkpoint + cache_bytes + 64 * 2**20

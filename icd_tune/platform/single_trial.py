@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = trial_config(raw, overrides, seed)
     data = load_data(cfg.data)
     teacher = None
-    if cfg.loss.uses_teacher:
+    if cfg.uses_teacher:
         teacher, info = get_teacher(cfg.teacher, data, cfg.data, device=cfg.device)
         print(f"teacher: {json.dumps(info)}")
     from ..method.train import Trainer

@@ -74,7 +74,7 @@ def smoke_setup(base: dict, settings: StudySettings, point: TrialPoint, cpus: fl
     substitute_data(setup, settings)
     substitute_teacher(setup)
     substitute_transfer(setup)
-    cap_negatives(setup)
+    fit_method_to_data(setup)
     return setup
 
 
@@ -116,16 +116,20 @@ def substitute_teacher(setup: SmokeSetup) -> None:
                            f"steps)")
 
 
-def cap_negatives(setup: SmokeSetup) -> None:
+def fit_method_to_data(setup: SmokeSetup) -> None:
+    """The method's own settings that ask for more than the smoke data holds (ICD's memory negatives), fitted."""
+    from ..method.distillers import get_method
+    from ..method.schema import flatten
+
     cfg = trial_config(setup.base, setup.point.overrides, setup.point.seed)
-    if cfg.loss.negatives.source != "memory" or not cfg.loss.uses_icd:
+    fitted = get_method(cfg.method).fit_to_sizes(cfg.loss, train_size(cfg.data), cfg.optim.batch_size)
+    if not fitted:
         return
-    allowed = train_size(cfg.data) - cfg.optim.batch_size
-    if cfg.loss.negatives.count > allowed:
-        setup.point = TrialPoint(setup.point.name, setup.point.levels, setup.point.seed,
-                                 {**setup.point.overrides, "loss.negatives.count": allowed})
-        setup.notes.append(f"smoke: negatives.count {cfg.loss.negatives.count} is more than the smoke data allows: "
-                           f"using {allowed}")
+    current = flatten(cfg.to_dict())
+    setup.point = TrialPoint(setup.point.name, setup.point.levels, setup.point.seed, {**setup.point.overrides, **fitted})
+    for key, value in fitted.items():
+        setup.notes.append(f"smoke: {key.removeprefix('loss.')} {current.get(key)} is more than the smoke data allows: "
+                           f"using {value}")
 
 
 def substitute_transfer(setup: SmokeSetup) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..metrics import DIVERGED, EPOCH, ERROR, NODE_ID
@@ -23,6 +24,9 @@ class TrialRunSettings:
     checkpoint_every: int
     gpus_per_trial: float = 0.0
     system_metrics: bool = True  # each epoch's system/... samples of the trial's process and device
+    # Folders the driver found the trials' methods under (methods named by import path), put on
+    # each worker's sys.path so that it imports the same module.
+    import_paths: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -43,6 +47,9 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
 
     from ...method.train import Trainer
 
+    for folder in run_settings.import_paths:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     point = point_of(config, run_settings.seeds[0])
     cfg = trial_config(base, point.overrides, point.seed)
     teacher = own_teacher(cfg, teacher, teachers)
@@ -61,7 +68,7 @@ def icd_trainable(config: dict, data=None, teacher=None, base=None, run_settings
 
 def own_teacher(cfg, teacher, teachers: dict | None):
     """This trial's teacher among a study's several (by identity), else the study's one."""
-    if not teachers or not cfg.loss.uses_teacher:
+    if not teachers or not cfg.uses_teacher:
         return teacher
     from ...method.teachers import teacher_identity
 
@@ -70,7 +77,7 @@ def own_teacher(cfg, teacher, teachers: dict | None):
 
 def cached_teacher_outputs(cfg, data, teacher, output_cache: OutputCacheSpec | None, gpus_per_trial: float = 1.0):
     """The teacher's outputs read from this node's cache, or None for the live teacher."""
-    if output_cache is None or not cfg.loss.uses_teacher:
+    if output_cache is None or not cfg.uses_teacher:
         return None
     dtype = output_cache.dtype
     if output_cache.teachers is not None:

@@ -59,7 +59,7 @@ def trial_hours(cfg) -> tuple[int, tuple[float, float], str]:
     from ...method.flops import step_flops
 
     classes = num_classes(cfg.data)
-    teacher = cfg.teacher.arch if cfg.loss.uses_teacher else None
+    teacher = cfg.teacher.arch if cfg.uses_teacher else None
     ratio, how = step_ratio(teacher, cfg.student, classes)
     scale = ratio * train_size(cfg.data) / REFERENCE_IMAGES * cfg.optim.epochs / REFERENCE_EPOCHS
     return step_flops(cfg.student, teacher, classes), (REFERENCE_HOURS[0] * scale, REFERENCE_HOURS[1] * scale), how
@@ -70,7 +70,7 @@ def pair_costs(study) -> list[PairCost]:
     rows: dict[tuple, PairCost] = {}
     for point in study.grid_points():
         cfg = study.trial_config(point.overrides, point.seed)
-        key = (cfg.teacher.arch if cfg.loss.uses_teacher else None, cfg.student)
+        key = (cfg.teacher.arch if cfg.uses_teacher else None, cfg.student)
         if key not in rows:
             flops, hours, how = trial_hours(cfg)
             rows[key] = PairCost(key[0], key[1], 0, flops, hours, how)

@@ -71,7 +71,7 @@ def teacher_cache_decisions(study: Study, base: dict, points: list[TrialPoint] |
     trials = [trial_config(base, p.overrides, p.seed) for p in points or [study.first_point()]]
     first: dict[str, object] = {}
     counts: dict[str, int] = {}
-    for cfg in [t for t in trials if t.loss.uses_teacher] or trials[:1]:  # none: trial0's, as the prepare stage loads
+    for cfg in [t for t in trials if t.uses_teacher] or trials[:1]:  # none: trial0's, as the prepare stage loads
         identity = teacher_identity(cfg.teacher)
         first.setdefault(identity, cfg)
         counts[identity] = counts.get(identity, 0) + 1

@@ -159,7 +159,14 @@ class StudyPlan:
     def run_settings(self) -> TrialRunSettings:
         return TrialRunSettings(metric=self.settings.metric, seeds=list(self.settings.seeds), cpus_per_trial=self.cpus,
                                 checkpoint_every=self.settings.checkpoint_every, gpus_per_trial=self.gpus,
-                                system_metrics=self.settings.system_metrics)
+                                system_metrics=self.settings.system_metrics, import_paths=self.import_paths())
+
+    def import_paths(self) -> list[str]:
+        """Where the driver imports the methods the trials name by import path from."""
+        from ...method.distillers import import_root
+
+        methods = {trial_config(self.base, p.overrides, p.seed).method for p in self.points or [self.study.first_point()]}
+        return sorted({root for m in methods if (root := import_root(m))})
 
     def describer(self) -> TrialDescriber:
         return TrialDescriber(self.base, self.settings.seeds[0])
@@ -208,7 +215,7 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     trial0 = trial_config(base, first.overrides, first.seed)
     # Data and teacher are loaded on the driver; they reach the trials through Ray's object store.
     needs_teacher = any(
-        trial_config(base, p.overrides, p.seed).loss.uses_teacher for p in (points or [study.first_point()])
+        trial_config(base, p.overrides, p.seed).uses_teacher for p in (points or [study.first_point()])
     ) or settings.mode == "search"
     plan = StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,

@@ -151,12 +151,15 @@ def history_rows(result, trial_id: str) -> list[dict]:
     df = result.metrics_dataframe
     if df is None or not len(df):
         return []
-    rows = []
+    rows: dict[int, dict] = {}
     keep = [c for c in df.columns if c == EPOCH or is_trainer_metric(c)]
     for row in df[keep].to_dict("records"):
         if EPOCH in row and row[EPOCH] == row[EPOCH]:
             row = {k: v for k, v in row.items() if v == v}
             row["trial_id"] = trial_id
             row[EPOCH] = int(row[EPOCH])
-            rows.append(row)
-    return rows
+            # A trial restored from an earlier checkpoint than its last report trains that epoch again:
+            # the epoch keeps one row, the one its checkpointed run reported.
+            rows.pop(row[EPOCH], None)
+            rows[row[EPOCH]] = row
+    return sorted(rows.values(), key=lambda r: r[EPOCH])

@@ -16,7 +16,7 @@ from typing import Sequence
 from ...method.config import TrialConfig
 from ...method.data import val_size
 from ...method.schema import ConfigError, suggest
-from ..metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1, TRAIN_LOGIT_SCALE,
+from ..metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1,
                       TRAIN_LOSS, TRANSFER_PREFIX, VAL_ACC1, metric_direction, trainer_metrics, transfer_metrics,
                       trial_metrics)
 from .settings import StudySettings
@@ -136,15 +136,15 @@ def check_metric_reported(metric: str, key: str, trial: str, cfg: TrialConfig) -
         raise ConfigError(f"{prefix}: it has no validation split (data.val_fraction {cfg.data.val_fraction} holds "
                           f"out {val_size(cfg.data)} training images); set data.val_fraction > 0, e.g. 0.1, since "
                           f"selection never touches the test set", key)
-    weights = ", ".join(f"loss.{w}_weight {getattr(cfg.loss, f'{w}_weight')}"
-                        for w in ("kd", "contrastive", "invariance"))
-    if metric == TRAIN_LOGIT_SCALE:
-        raise ConfigError(f"{prefix}: it has no ICD head ({weights}); the head needs a contrastive or invariance "
-                          f"weight > 0", key)
+    from ...method.distillers import get_method
+
+    note = get_method(cfg.method).missing_metric_note(cfg.loss, metric)  # the method says why, where it can
+    if note:
+        raise ConfigError(f"{prefix}: {note}", key)
     if metric.startswith(TRAIN_LOSS + "_"):
         terms = [m for m in trial_metrics(cfg) if m.startswith(TRAIN_LOSS + "_")]
-        raise ConfigError(f"{prefix}: with {weights} its loss terms are {', '.join(terms)} (the kd term needs a "
-                          f"teacher, the contrastive and invariance terms an ICD head)", key)
+        raise ConfigError(f"{prefix}: its loss terms are {', '.join(terms)} (method {cfg.method}, loss.kd_weight "
+                          f"{cfg.loss.kd_weight})", key)
     raise ConfigError(f"{prefix}{suggest(metric, trial_metrics(cfg))}", key)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ...method.config import TrialConfig
 from ...method.data import train_size
-from ...method.losses import check_negative_count
+from ...method.distillers import get_method
 from ...method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
 from .checks import check_modes, check_protocol, check_trials, protocol_defaults
 from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
@@ -106,9 +106,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     source = str(path)
     data = load_with_extends(path)
-    for item in overrides:
-        key, value = parse_override(item)
-        check_override_key(key)
+    parsed = [parse_override(item) for item in overrides]
+    methods = study_methods(data) + [str(v) for k, v in parsed if k == "method"]
+    for key, value in parsed:
+        check_override_key(key, methods)
         set_path(data, key, value)
     try:
         study = build_study(data, path)
@@ -137,15 +138,28 @@ def build_study(data: dict, path: Path) -> Study:
     check_protocol(settings, defaults.protocol)
     base_plain = to_dict(defaults)
     base_plain.pop("seed")
-    factors = _parse_factors(settings.grid, settings) if settings.mode == "grid" else []
-    space = _parse_space(settings, path) if settings.mode == "search" else {}
+    methods = study_methods(data)
+    factors = _parse_factors(settings.grid, settings, methods) if settings.mode == "grid" else []
+    space = _parse_space(settings, path, methods) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
     check_trials(settings, _validate_points(study))
     check_published(study)
     return study
 
 
-def _parse_factors(grid: dict, settings: StudySettings) -> list[Factor]:
+def study_methods(data: dict) -> list[str]:
+    """The methods a study file names, at its top and in its grid's levels (their loss keys are allowed)."""
+    found = [data.get("method")]
+    grid = data.get("grid")
+    for spec in grid.values() if isinstance(grid, dict) else ():
+        if isinstance(spec, dict):
+            found += [spec.get("key") == "method" and lv for lv in spec.get("levels") or [] if not isinstance(lv, dict)]
+            found += [lv["set"].get("method") for lv in spec.get("levels") or []
+                      if isinstance(lv, dict) and isinstance(lv.get("set"), dict)]
+    return [m for m in found if isinstance(m, str)]
+
+
+def _parse_factors(grid: dict, settings: StudySettings, methods: list[str]) -> list[Factor]:
     factors = []
     for name, spec in grid.items():
         fpath = join_path("grid", name)
@@ -168,7 +182,7 @@ def _parse_factors(grid: dict, settings: StudySettings) -> list[Factor]:
                     raise ConfigError(f"bad value {sets!r}: expected a mapping of dotted keys to values", join_path(lpath, "set"))
                 for dotted in sets:
                     try:
-                        check_override_key(str(dotted))
+                        check_override_key(str(dotted), methods)
                     except ConfigError as err:
                         raise ConfigError(err.message.replace("--set names no key: ", ""), join_path(join_path(lpath, "set"), dotted)) from None
                 label = level.get("label", " ".join(f"{short_name(k)}={v}" for k, v in sets.items()))
@@ -179,7 +193,7 @@ def _parse_factors(grid: dict, settings: StudySettings) -> list[Factor]:
                 levels.append((level, {key: level}))
         if key:
             try:
-                check_override_key(key)
+                check_override_key(key, methods)
             except ConfigError as err:
                 raise ConfigError(err.message.replace("--set names no key: ", ""), join_path(fpath, "key")) from None
         labels = [lab for lab, _ in levels]
@@ -195,7 +209,7 @@ def _parse_factors(grid: dict, settings: StudySettings) -> list[Factor]:
     return factors
 
 
-def _parse_space(settings: StudySettings, study_path: Path) -> dict[str, dict]:
+def _parse_space(settings: StudySettings, study_path: Path, methods: list[str]) -> dict[str, dict]:
     space: dict[str, dict] = {}
     for i, ref in enumerate(settings.search.spaces):
         p = (study_path.parent / ref)
@@ -207,20 +221,20 @@ def _parse_space(settings: StudySettings, study_path: Path) -> dict[str, dict]:
             raise err.in_file(str(p))
         for key, spec in content.items():
             try:
-                space[key] = _check_param(key, spec, "")
+                space[key] = _check_param(key, spec, "", methods)
             except ConfigError as err:
                 raise err.in_file(str(p))
     for key, spec in settings.search.space.items():
-        space[key] = _check_param(key, spec, "search.space")
+        space[key] = _check_param(key, spec, "search.space", methods)
     if not space:
         raise ConfigError("a search needs parameters: list files under search.spaces or write search.space", "search")
     return space
 
 
-def _check_param(key: str, spec: Any, prefix: str) -> dict:
+def _check_param(key: str, spec: Any, prefix: str, methods: list[str]) -> dict:
     path = join_path(prefix, key)
     try:
-        check_override_key(key)
+        check_override_key(key, methods)
     except ConfigError as err:
         raise ConfigError(err.message.replace("--set names no key: ", ""), path) from None
     if not isinstance(spec, dict):
@@ -301,14 +315,13 @@ def _check_data_sizes(cfg: TrialConfig, name: str) -> None:
         raise ConfigError(f"bad value {cfg.optim.batch_size!r}: {split}, fewer than one batch; use a batch of at most "
                           f"{n} (in trial '{name}')", "optim.batch_size")
     teacher_batch = cfg.teacher.optim.batch_size
-    if cfg.loss.uses_teacher and not cfg.teacher.checkpoint and teacher_batch > n:
+    if cfg.uses_teacher and not cfg.teacher.checkpoint and teacher_batch > n:
         raise ConfigError(f"bad value {teacher_batch!r}: the teacher is trained on this data and {split}, fewer than "
                           f"one batch; use a batch of at most {n} (in trial '{name}')", "teacher.optim.batch_size")
-    if cfg.loss.negatives.source == "memory" and cfg.loss.uses_icd:
-        try:
-            check_negative_count(cfg.loss.negatives.count, n, cfg.optim.batch_size)
-        except ValueError as err:
-            raise ConfigError(f"{err} (in trial '{name}')", "loss.negatives.count") from None
+    too_many = get_method(cfg.method).check_sizes(cfg.loss, n, cfg.optim.batch_size)
+    if too_many:
+        message, key = too_many
+        raise ConfigError(f"{message} (in trial '{name}')", key)
 
 
 def _check_asha(study: Study) -> None:

@@ -10,11 +10,11 @@ import copy
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
-from ...method.config import TrialConfig
+from ...method.config import LossConfig, TrialConfig
 from ...method.schema import ConfigError, join_path, suggest
 from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 
@@ -92,8 +92,26 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def check_override_key(key: str) -> None:
-    """A --set must name a key that exists in the schema (with a suggestion otherwise)."""
+def loss_classes(methods: Iterable[str] = ()) -> list[type]:
+    """The ``loss:`` dataclasses of every registered method and of ``methods`` (import paths a study names)."""
+    from ...method.distillers import MethodError, get_method, method_names
+
+    classes = []
+    for name in dict.fromkeys([*method_names(), *methods]):
+        try:
+            cls = get_method(name).config_class
+        except MethodError:
+            continue  # the trial's own validation names what is wrong with its method
+        if cls not in classes:
+            classes.append(cls)
+    return classes
+
+
+def check_override_key(key: str, methods: Iterable[str] = ()) -> None:
+    """A --set must name a key that exists in the schema (with a suggestion otherwise).
+
+    A ``loss.`` key may be any method's: each trial's own method checks it again.
+    """
     parts = key.split(".")
     top = parts[0]
     allowed = TRIAL_KEYS + STUDY_KEYS
@@ -106,9 +124,11 @@ def check_override_key(key: str) -> None:
             return
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(f"--set names no key: '{path}' has no sub-keys", key, source="--set")
-        names = [f.name for f in dataclasses.fields(cls)]
+        owners = loss_classes(methods) if cls is LossConfig else [cls]
+        names = list(dict.fromkeys(f.name for c in owners for f in dataclasses.fields(c)))
         if part not in names:
             raise ConfigError(f"--set names no key: unknown key '{part}'{suggest(part, names)}", join_path(path, part), source="--set")
+        cls = next(c for c in owners if part in {f.name for f in dataclasses.fields(c)})
         hint = typing.get_type_hints(cls)[part]
         if typing.get_origin(hint) is dict or hint is dict:
             return

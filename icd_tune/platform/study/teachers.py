@@ -62,7 +62,7 @@ def teacher_uses(base: dict, points: Iterable[TrialPoint]) -> dict[str, TeacherU
     uses: dict[str, TeacherUse] = {}
     for point in points:
         cfg = trial_config(base, point.overrides, point.seed)
-        if not cfg.loss.uses_teacher:
+        if not cfg.uses_teacher:
             continue
         identity = teacher_identity(cfg.teacher)
         uses.setdefault(identity, TeacherUse(identity, cfg.teacher)).trials.append(point.name)

@@ -102,7 +102,7 @@ class TrialLineage:
         cfg = trial_config(self.base, point.overrides, point.seed)
         only = next(iter(self.teachers.values())) if len(self.teachers) == 1 else None
         teacher, exact = self.teachers.get(teacher_identity(cfg.teacher), only) or ({}, False)
-        if not cfg.loss.uses_teacher or not teacher:
+        if not cfg.uses_teacher or not teacher:
             return {TEACHER_OUTPUTS_TAG: NO_TEACHER}
         return {**teacher, TEACHER_OUTPUTS_TAG: EXACT_CACHE if exact else LIVE_TEACHER}
 
