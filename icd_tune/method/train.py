@@ -74,8 +74,9 @@ class Trainer:
         self.method = get_method(cfg.method)(cfg.loss, feature_dim(cfg.student), teacher_dim,
                                              num_train=data.num_train, batch_size=opt.batch_size,
                                              seed=cfg.seed).to(self.device)
-        self.term_names = trainer_terms(cfg, self.method)
-        self.term_weights = {"ce": cfg.loss.ce_weight, "kd": cfg.loss.kd_weight, **self.method.weights}
+        # Each term's weight in the loss, in the order the terms are summed.
+        weights = {"ce": cfg.loss.ce_weight, "kd": cfg.loss.kd_weight, **self.method.weights}
+        self.weights = {n: weights[n] for n in trainer_terms(cfg, self.method)}
         if cfg.compile:
             self.student.forward = torch.compile(self.student.forward)
             if self.teacher is not None:
@@ -125,11 +126,6 @@ class Trainer:
                                                  epoch, self.cfg.optim.epochs, self.negatives_generator)))
         return logits, terms
 
-    @property
-    def weights(self) -> dict[str, float]:
-        """Each term's weight in the loss, in the order the terms are summed."""
-        return {n: self.term_weights[n] for n in self.term_names}
-
     def train_mode(self) -> None:
         for module in (self.student, self.method, self.teacher):
             if module is not None:
@@ -138,11 +134,11 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         self.train_mode()
         epoch_number = self.epoch + 1
-        names = self.term_names
+        names = list(self.weights)
         sums = torch.zeros(len(names) + 1, device=self.device, dtype=torch.float64)
         first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        weights = [self.weights[n] for n in names]
+        weights = list(self.weights.values())
         seen = 0
         if self.cuda:
             torch.cuda.synchronize(self.device)

@@ -117,6 +117,32 @@ class Distiller(nn.Module):
         return {}
 
 
+class OneTermDistiller(Distiller):
+    """A method with one term of its own, ``term``, weighted by its config's ``<term>_weight``.
+
+    At weight 0 it adds nothing: no term, no teacher asked for, and ``weights`` empty.
+    """
+
+    term: str = ""
+
+    def __init__(self, loss: LossConfig, student_dim: int, teacher_dim: int | None, num_train: int,
+                 batch_size: int, seed: int = 0):
+        super().__init__(loss, student_dim, teacher_dim, num_train, batch_size, seed)
+        self.weights = {self.term: self.weight(loss)} if self.weight(loss) > 0 else {}
+
+    @classmethod
+    def weight(cls, loss: LossConfig) -> float:
+        return getattr(loss, f"{cls.term}_weight")
+
+    @classmethod
+    def needs_teacher(cls, loss: LossConfig) -> bool:
+        return cls.weight(loss) > 0
+
+    @classmethod
+    def loss_terms(cls, loss: LossConfig) -> tuple[str, ...]:
+        return (cls.term,) if cls.weight(loss) > 0 else ()
+
+
 def contract_problems(cls: Any) -> list[str]:
     """What ``cls`` lacks to be a method; empty when it fits the contract."""
     if not isinstance(cls, type) or not issubclass(cls, Distiller):

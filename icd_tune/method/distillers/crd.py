@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..loss_config import LossConfig
 from ..losses import check_negative_count, sample_excluding
 from ..schema import join_path, require
-from .base import Distiller, StepInputs
+from .base import OneTermDistiller, StepInputs
 
 EPS = 1e-7  # RepDistiller's ContrastLoss eps
 
@@ -63,15 +63,15 @@ def nce_loss(scores: torch.Tensor, num_train: int) -> torch.Tensor:
     return -(positive.sum() + negative.sum()) / scores.shape[0]
 
 
-class CRDDistiller(Distiller):
+class CRDDistiller(OneTermDistiller):
     config_class = CRDLossConfig
+    term = "crd"
     teacher_outputs = ("features",)
     student_features = True
 
     def __init__(self, loss: CRDLossConfig, student_dim: int, teacher_dim: int | None, num_train: int,
                  batch_size: int, seed: int = 0):
         super().__init__(loss, student_dim, teacher_dim, num_train, batch_size, seed)
-        self.weights = {"crd": loss.crd_weight} if loss.crd_weight > 0 else {}
         self.num_train = num_train
         if not self.weights:
             return
@@ -89,14 +89,6 @@ class CRDDistiller(Distiller):
         # Z for each direction, estimated on the first batch; ``z_ready`` says it has been.
         self.register_buffer("z", torch.ones(2))
         self.register_buffer("z_ready", torch.zeros((), dtype=torch.bool))
-
-    @classmethod
-    def needs_teacher(cls, loss: CRDLossConfig) -> bool:
-        return loss.crd_weight > 0
-
-    @classmethod
-    def loss_terms(cls, loss: CRDLossConfig) -> tuple[str, ...]:
-        return ("crd",) if loss.crd_weight > 0 else ()
 
     @classmethod
     def check_sizes(cls, loss: CRDLossConfig, num_train: int, batch_size: int) -> tuple[str, str] | None:

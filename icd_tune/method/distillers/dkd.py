@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..loss_config import LossConfig
 from ..schema import join_path, require
-from .base import Distiller, StepInputs
+from .base import OneTermDistiller, StepInputs
 
 MASKED = 1000.0  # subtracted from the target logit so that the non-target softmax ignores it
 
@@ -57,22 +57,10 @@ def dkd_terms(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
     return tckd * scale, nckd * scale
 
 
-class DKDDistiller(Distiller):
+class DKDDistiller(OneTermDistiller):
     config_class = DKDLossConfig
+    term = "dkd"
     teacher_outputs = ("logits",)
-
-    def __init__(self, loss: DKDLossConfig, student_dim: int, teacher_dim: int | None, num_train: int,
-                 batch_size: int, seed: int = 0):
-        super().__init__(loss, student_dim, teacher_dim, num_train, batch_size, seed)
-        self.weights = {"dkd": loss.dkd_weight} if loss.dkd_weight > 0 else {}
-
-    @classmethod
-    def needs_teacher(cls, loss: DKDLossConfig) -> bool:
-        return loss.dkd_weight > 0
-
-    @classmethod
-    def loss_terms(cls, loss: DKDLossConfig) -> tuple[str, ...]:
-        return ("dkd",) if loss.dkd_weight > 0 else ()
 
     def step(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         loss = self.loss

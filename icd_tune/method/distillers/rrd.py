@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..loss_config import LossConfig
 from ..schema import join_path, require
-from .base import Distiller, StepInputs
+from .base import OneTermDistiller, StepInputs
 
 
 @dataclass
@@ -52,15 +52,15 @@ def relational_loss(z_s: torch.Tensor, z_t: torch.Tensor, queue: torch.Tensor, t
     return -(target * F.log_softmax(z_s @ queue.T / t_s, dim=1)).sum(dim=1).mean()
 
 
-class RRDDistiller(Distiller):
+class RRDDistiller(OneTermDistiller):
     config_class = RRDLossConfig
+    term = "rrd"
     teacher_outputs = ("features",)
     student_features = True
 
     def __init__(self, loss: RRDLossConfig, student_dim: int, teacher_dim: int | None, num_train: int,
                  batch_size: int, seed: int = 0):
         super().__init__(loss, student_dim, teacher_dim, num_train, batch_size, seed)
-        self.weights = {"rrd": loss.rrd_weight} if loss.rrd_weight > 0 else {}
         if not self.weights:
             return
         if teacher_dim is None:
@@ -71,14 +71,6 @@ class RRDDistiller(Distiller):
             self.embed_t = nn.Linear(teacher_dim, loss.rrd_feat_dim)
             self.register_buffer("queue", F.normalize(torch.randn(loss.rrd_queue, loss.rrd_feat_dim), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def needs_teacher(cls, loss: RRDLossConfig) -> bool:
-        return loss.rrd_weight > 0
-
-    @classmethod
-    def loss_terms(cls, loss: RRDLossConfig) -> tuple[str, ...]:
-        return ("rrd",) if loss.rrd_weight > 0 else ()
 
     def step(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         if not self.weights:

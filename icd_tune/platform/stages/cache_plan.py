@@ -29,7 +29,8 @@ class CacheDecision:
 
 
 def cache_decision(study: Study, trial, num_train: int, feature_dim: int, num_classes: int,
-                   smoke: bool = False, on_cluster: bool = False, trial_epochs: int | None = None) -> tuple[bool, str]:
+                   smoke: bool = False, on_cluster: bool = False, trial_epochs: int | None = None,
+                   who: str = "this study runs") -> tuple[bool, str]:
     """Whether ``trial``'s teacher is read from the exact cache, and why.
 
     ``trial_epochs``: what the cache would shorten (default: every trial-epoch the study plans).
@@ -47,7 +48,7 @@ def cache_decision(study: Study, trial, num_train: int, feature_dim: int, num_cl
             return False, "off for a smoke run (teacher.cache: on forces it)"
         if planned < cost:
             # Building costs 162 teacher-epochs; a study that runs fewer trial-epochs pays more than it saves
-            return False, (f"off: this study runs {planned} trial-epochs, fewer than the {cost} teacher-epochs "
+            return False, (f"off: {who} {planned} trial-epochs, fewer than the {cost} teacher-epochs "
                            f"building it costs (set teacher.cache: on to build it anyway)")
     if enabled and on_cluster:
         reason += "; on a cluster each node builds its own copy once, on its own device, before its first trial"
@@ -81,9 +82,8 @@ def teacher_cache_decisions(study: Study, base: dict, points: list[TrialPoint] |
                   else planned_trial_epochs(study))
         width = (feature_dims or {}).get(identity) or feature_dim(trial.teacher.arch)
         enabled, reason = cache_decision(study, trial, num_train, width, num_classes, smoke=smoke,
-                                         on_cluster=on_cluster, trial_epochs=epochs)
-        if len(first) > 1:
-            reason = reason.replace("this study runs", f"its {counts[identity]} trial(s) run")
+                                         on_cluster=on_cluster, trial_epochs=epochs,
+                                         who=f"its {counts[identity]} trial(s) run" if len(first) > 1 else "this study runs")
         size = cache_size_bytes(num_train, width, num_classes, trial.teacher.cache_dtype)
         out[identity] = CacheDecision(identity, trial, counts[identity], epochs, size, enabled, reason)
     return out

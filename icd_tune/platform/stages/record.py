@@ -159,7 +159,6 @@ def history_rows(result, trial_id: str) -> list[dict]:
             row["trial_id"] = trial_id
             row[EPOCH] = int(row[EPOCH])
             # A trial restored from an earlier checkpoint than its last report trains that epoch again:
-            # the epoch keeps one row, the one its checkpointed run reported.
-            rows.pop(row[EPOCH], None)
+            # the epoch keeps one row, the later one.
             rows[row[EPOCH]] = row
     return sorted(rows.values(), key=lambda r: r[EPOCH])

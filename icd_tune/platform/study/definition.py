@@ -152,10 +152,13 @@ def study_methods(data: dict) -> list[str]:
     found = [data.get("method")]
     grid = data.get("grid")
     for spec in grid.values() if isinstance(grid, dict) else ():
-        if isinstance(spec, dict):
-            found += [spec.get("key") == "method" and lv for lv in spec.get("levels") or [] if not isinstance(lv, dict)]
-            found += [lv["set"].get("method") for lv in spec.get("levels") or []
-                      if isinstance(lv, dict) and isinstance(lv.get("set"), dict)]
+        if not isinstance(spec, dict):
+            continue
+        for level in spec.get("levels") or []:
+            if isinstance(level, dict):  # {label, set: {method: ..., ...}}
+                found.append((level.get("set") or {}).get("method") if isinstance(level.get("set"), dict) else None)
+            elif spec.get("key") == "method":  # a factor over the method itself
+                found.append(level)
     return [m for m in found if isinstance(m, str)]
 
 
