@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from icd_tune.platform.cli import console
-from icd_tune.platform.runner import RunOptions, run_study
 from icd_tune.platform.study.definition import load_study
 from icd_tune.platform.tracking.runs import default_artifact_root
 

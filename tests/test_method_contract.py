@@ -150,11 +150,16 @@ def test_study_keys_of_an_outside_method_are_checked_against_its_own_section(out
             "grid:\n  w: {key: loss.drift_weight, levels: [0.0, 0.5]}\n")
     study = load_study(tiny_study("drift_keys", body))
     assert [p.overrides for p in study.grid_points()] == [{"loss.drift_weight": 0.0}, {"loss.drift_weight": 0.5}]
-    # An ICD key is no key of this method: refused naming the method's own keys.
+    # An ICD key set by a level is no key of this method: refused naming its owner and the method's own keys.
     path = tiny_study("drift_icd_key", body.replace("loss.drift_weight", "loss.invariance_weight"))
     assert main([str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "unknown key 'invariance_weight'" in err and "drift_weight, drift_rate, restore_log" in err
+    assert "'invariance_weight' is a setting of method 'icd', not of this trial's method 'drifting_method:Drifting'" in err
+    assert "drift_rate, drift_weight" in err and "restore_log" in err
+    # A key of no method at all is unknown, with a suggestion.
+    path = tiny_study("drift_typo", body.replace("loss.drift_weight", "loss.drift_wieght"))
+    assert main([str(path), "--dry-run"]) == 2
+    assert "unknown key 'drift_wieght'; did you mean 'drift_weight'?" in capsys.readouterr().err
 
 
 def test_a_format_1_checkpoint_loads_for_icd_and_is_refused_for_another_method(tiny_data, tmp_path):

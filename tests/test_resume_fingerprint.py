@@ -101,7 +101,7 @@ def test_resume_that_only_adds_trials_plans_them_as_another_experiment(tmp_path,
         assert [p.name for p in experiments[1].points] == added
         assert not {p.name for p in experiments[0].points} & set(added)
     assert plan.state["additions"][0]["trials"] == added
-    assert any(f"--resume adds 2 trial(s)" in n and "'tune-added-1'" in n for n in plan.notes)
+    assert any("--resume adds 2 trial(s)" in n and "'tune-added-1'" in n for n in plan.notes)
     # The run now defines the larger study: resuming it again as it is adds nothing more.
     plan.save_state()
     again = resume(tmp_path, path, sets)

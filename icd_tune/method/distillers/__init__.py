@@ -83,6 +83,13 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
+def methods_with_loss_key(key: str) -> list[str]:
+    """The registered methods whose ``loss:`` section has ``key``."""
+    import dataclasses
+
+    return [name for name in METHODS if key in {f.name for f in dataclasses.fields(get_method(name).config_class)}]
+
+
 def uses_teacher(method: str, loss) -> bool:
     """Whether a trial with this method and ``loss:`` section reads a teacher: KD's weight, or the method's own terms."""
     return loss.kd_weight > 0 or get_method(method).needs_teacher(loss)

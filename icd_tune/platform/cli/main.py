@@ -104,6 +104,7 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
             print(f"# budget: {n} x {epochs} = {n * epochs} trial-epochs", file=out)
         for key, spec in study.space.items():
             print(f"  {key}: {spec}", file=out)
+    _print_ignored_loss_keys(study, out)
     _print_cache_plan(study, out, on_cluster)
     if _print_teachers(study, out):
         return
@@ -113,6 +114,14 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
     else:
         print(f"# teacher: {teacher['arch']} trained once with cross-entropy for {teacher['optim']['epochs']} epochs "
               f"(cached and reused)", file=out)
+
+
+def _print_ignored_loss_keys(study, out) -> None:
+    from ..study.method_keys import ignored_loss_keys
+
+    for method, keys in ignored_loss_keys(study).items():
+        print(f"# ignored by the {method} trials (other methods' settings in the shared loss section): "
+              f"{', '.join(keys)}", file=out)
 
 
 def _print_teachers(study, out) -> bool:

@@ -25,7 +25,8 @@ from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .files import check_override_key, load_with_extends, parse_override, read_yaml
 from ..report.published import check_published
 from .teachers import expand_teachers_dir
-from .trials import TrialPoint, set_path, short_name, trial_config
+from .method_keys import check_set_loss_keys, other_methods_loss
+from .trials import TrialPoint, keep_own_loss, set_path, short_name, trial_config
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")
 
@@ -46,6 +47,7 @@ class Study:
     source: str
     raw: dict  # the merged study data, for printing and logging
     overrides: list[str] = field(default_factory=list)  # the --set KEY=VALUE items, as given
+    trial_methods: list[str] = field(default_factory=list)  # the methods its trials use, in plan order
 
     @property
     def name(self) -> str:
@@ -115,6 +117,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         study = build_study(data, path)
     except ConfigError as err:
         raise err.in_file(source)
+    check_set_loss_keys(study, parsed)
     study.overrides = list(overrides)
     return study
 
@@ -133,16 +136,21 @@ def build_study(data: dict, path: Path) -> Study:
     settings = from_dict(StudySettings, {k: v for k, v in protocol_defaults(data).items() if k in STUDY_KEYS})
     check_modes(settings, data)
     base = {k: copy.deepcopy(v) for k, v in data.items() if k in TRIAL_KEYS}
+    methods = study_methods(data)
+    others = other_methods_loss(base, methods)
     # Validate the defaults alone first: errors then point at the study file's own keys.
-    defaults = TrialConfig.from_dict({**base, "seed": settings.seeds[0]})
+    defaults = TrialConfig.from_dict(keep_own_loss({**base, "seed": settings.seeds[0]}))
     check_protocol(settings, defaults.protocol)
     base_plain = to_dict(defaults)
     base_plain.pop("seed")
-    methods = study_methods(data)
+    if others:  # kept for the trials of the methods they belong to; every other trial ignores them
+        base_plain["loss"] = {**others, **base_plain["loss"]}
     factors = _parse_factors(settings.grid, settings, methods) if settings.mode == "grid" else []
     space = _parse_space(settings, path, methods) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
-    check_trials(settings, _validate_points(study))
+    trials = _validate_points(study)
+    study.trial_methods = list(dict.fromkeys(cfg.method for _, cfg in trials))
+    check_trials(settings, trials)
     check_published(study)
     return study
 
@@ -204,12 +212,29 @@ def _parse_factors(grid: dict, settings: StudySettings, methods: list[str]) -> l
             raise ConfigError(f"bad value {labels!r}: levels repeat", join_path(fpath, "levels"))
         factors.append(Factor(str(name), key, levels))
     if settings.baseline is not None:
-        if not factors:
-            raise ConfigError("a baseline needs a grid factor", "baseline")
-        labels = [lab for lab, _ in factors[0].levels]
-        if settings.baseline not in labels:
-            raise ConfigError(f"bad value {settings.baseline!r}: the baseline must be one of the first factor's levels {labels}", "baseline")
+        _check_baseline(settings.baseline, factors)
     return factors
+
+
+def _check_baseline(baseline: Any, factors: list[Factor]) -> None:
+    """A level of the first factor, or ``{factor: level}`` for the factors compared with one of their levels."""
+    if not factors:
+        raise ConfigError("a baseline needs a grid factor", "baseline")
+    if not isinstance(baseline, dict):
+        labels = [lab for lab, _ in factors[0].levels]
+        if baseline not in labels:
+            raise ConfigError(f"bad value {baseline!r}: the baseline must be one of the first factor's levels {labels}, "
+                              f"or a mapping of factor names to levels", "baseline")
+        return
+    by_name = {f.name: f for f in factors}
+    for name, level in baseline.items():
+        if name not in by_name:
+            raise ConfigError(f"unknown key '{name}'{suggest(str(name), list(by_name))}: not a grid factor",
+                              join_path("baseline", str(name)))
+        labels = [lab for lab, _ in by_name[name].levels]
+        if level not in labels:
+            raise ConfigError(f"bad value {level!r}: not a level of grid factor '{name}' {labels}",
+                              join_path("baseline", str(name)))
 
 
 def _parse_space(settings: StudySettings, study_path: Path, methods: list[str]) -> dict[str, dict]:

@@ -67,6 +67,7 @@ class StudySettings:
     mode: Literal["grid", "search"] = "grid"
     seeds: list[int] = field(default_factory=lambda: [0])
     grid: dict = field(default_factory=dict)
+    # A level of the first grid factor, or {factor: level}: the levels compared with it, paired by seed.
     baseline: Any = None
     search: SearchConfig = field(default_factory=SearchConfig)
     asha: AshaConfig = field(default_factory=AshaConfig)
@@ -92,7 +93,8 @@ class StudySettings:
     teachers_dir: Optional[str] = None
     # Published numbers to print beside the measured ones (paper_table.yaml): first grid factor's
     # level -> {teacher: %, student: %, <second factor's level>: %, ...}; see report.published.
-    reported: dict = field(default_factory=dict)
+    # null: none (a study extending one with published numbers drops them so).
+    reported: Optional[dict] = field(default_factory=dict)
     reported_source: str = ""
 
     def validate(self, path: str) -> None:

@@ -8,11 +8,12 @@ command and the tests all go through it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
-from ...method.config import TeacherConfig, TrialConfig
-from ...method.schema import flatten
+from ...method.config import DEFAULT_METHOD, TeacherConfig, TrialConfig, method_config_class
+from ...method.schema import ConfigError, flatten, join_path
 
 # Where a trial runs and finds its inputs, not what it computes: free to change between a
 # run and its --resume (--gpus-per-trial turns device auto into cpu, --data-dir sets data.root).
@@ -63,17 +64,64 @@ def expand_arch(data: dict) -> dict:
 
 
 def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
-    """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set."""
+    """The plain trial config, before validation: ``base`` with ``overrides`` and ``seed`` set.
+
+    ``base``'s ``loss:`` may hold the settings of several methods (a study of CRD and ICD
+    levels inherits ICD's); a trial keeps those of its own method and the ones its point sets.
+    """
     data = copy.deepcopy(dict(base))
-    for key, value in (overrides.items() if isinstance(overrides, Mapping) else overrides):
+    items = list(overrides.items() if isinstance(overrides, Mapping) else overrides)
+    for key, value in items:
         set_path(data, key, value)
     data["seed"] = seed
+    keep_own_loss(data, [key for key, _ in items])
     return expand_arch(data)  # a checkpoint template names each trial's own teacher
+
+
+def loss_keys(method: Any) -> frozenset[str] | None:
+    """The ``loss:`` keys of ``method``; None when it names no method (its validation says why)."""
+    try:
+        return frozenset(f.name for f in dataclasses.fields(method_config_class(str(method))))
+    except ConfigError:
+        return None
+
+
+def keep_own_loss(data: dict, set_keys: Iterable[str] = ()) -> dict:
+    """Drops from ``data['loss']`` the inherited settings of other methods (never a key in ``set_keys``)."""
+    loss, set_keys = data.get("loss"), list(set_keys)
+    own = loss_keys(data.get("method", DEFAULT_METHOD))
+    if not isinstance(loss, dict) or own is None or "loss" in set_keys:
+        return data
+    given = {key.split(".")[1] for key in set_keys if key.startswith("loss.")}
+    data["loss"] = {k: v for k, v in loss.items() if k in own or k in given}
+    return data
+
+
+def check_own_loss(data: dict, set_keys: Iterable[str]) -> None:
+    """A point may set only its own method's ``loss:`` keys: another method's is a mistake, named."""
+    method = data.get("method", DEFAULT_METHOD)
+    own = loss_keys(method)
+    if own is None:
+        return
+    for key in set_keys:
+        name = key.split(".")[1] if key.startswith("loss.") and key.count(".") >= 1 else None
+        if name and name not in own:
+            from ...method.distillers import methods_with_loss_key
+
+            owners = methods_with_loss_key(name)
+            if owners:
+                raise ConfigError(f"'{name}' is a setting of method {', '.join(repr(m) for m in owners)}, not of "
+                                  f"this trial's method '{method}' (its keys: {', '.join(sorted(own))}); set it "
+                                  f"only on the trials of {'that method' if len(owners) == 1 else 'those methods'}",
+                                  join_path("loss", name))
 
 
 def trial_config(base: Mapping, overrides: Overrides, seed: Any) -> TrialConfig:
     """``base`` (plain trial defaults) with a point's ``overrides`` and ``seed``, validated."""
-    return TrialConfig.from_dict(trial_dict(base, overrides, seed))
+    items = list(overrides.items() if isinstance(overrides, Mapping) else overrides)
+    data = trial_dict(base, items, seed)
+    check_own_loss(data, [key for key, _ in items])
+    return TrialConfig.from_dict(data)
 
 
 def point_of(config: dict, default_seed: int) -> TrialPoint:
