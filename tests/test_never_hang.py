@@ -178,7 +178,7 @@ def test_smoke_of_a_cifar_study_on_a_machine_without_gpu_or_cifar(tmp_path):
     study = load_study(ROOT / "ablations" / "icd_search.yaml",
                        [f"data.root={tmp_path / 'data'}", f"teacher.checkpoint={tmp_path / 'missing.pth'}"])
     point = study.first_point()
-    setup = smoke_setup(study.base, study.settings, point, cpus=64, gpus=1, local=True)
+    setup = smoke_setup(study.base, study.settings, [point], cpus=64, gpus=1, local=True)
     notes = "\n".join(setup.notes)
     assert setup.gpus == 0 and setup.base["device"] == "cpu" and 1 <= setup.cpus < 64
     data = setup.base["data"]
@@ -193,5 +193,5 @@ def test_smoke_of_a_cifar_study_on_a_machine_without_gpu_or_cifar(tmp_path):
 
 def test_smoke_on_a_cluster_keeps_the_requested_resources(tmp_path):
     study = load_study(ROOT / "ablations" / "invariance_weight.yaml", [f"data.root={tmp_path / 'data'}"])
-    setup = smoke_setup(study.base, study.settings, study.first_point(), cpus=4, gpus=1, local=False)
+    setup = smoke_setup(study.base, study.settings, [study.first_point()], cpus=4, gpus=1, local=False)
     assert (setup.cpus, setup.gpus) == (4, 1) and setup.base["device"] == "auto"

@@ -225,7 +225,7 @@ def test_smoke_caps_the_probe_and_stands_synthetic_in_for_missing_targets(tmp_pa
     path.write_text(textwrap.dedent(STUDY) + f"transfer: {{datasets: [stl10, digits], root: {tmp_path / 'none'}}}\n"
                     "smoke: {epochs: 1, max_steps: 2}\n")
     study = load_study(path)
-    setup = smoke_setup(dict(study.base), study.settings, study.first_point(), 1, 0, local=True)
+    setup = smoke_setup(dict(study.base), study.settings, [study.first_point()], 1, 0, local=True)
     transfer = setup.base["transfer"]
     assert transfer["datasets"] == ["digits", "synthetic"]
     assert transfer["epochs"] == 1 and transfer["max_steps_per_epoch"] == 2

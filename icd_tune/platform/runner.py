@@ -27,8 +27,6 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = conso
     folder's log file instead of the terminal (``console``).
     """
     plan = resolve_plan(study, opts)
-    for note in plan.notes:
-        log(note)
     with console.quiet(not opts.verbose):
         prepared = prepare(plan, log)
         parent = open_parent_run(plan, prepared)

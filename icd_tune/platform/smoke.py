@@ -1,4 +1,5 @@
-"""A smoke run of any study on the machine at hand: one short trial, whatever the study asks for.
+"""A smoke run of any study on the machine at hand: one short trial (one per method in a study of
+several methods), whatever the study asks for.
 
 It checks the pipeline, not the accuracy: on a machine without the study's GPU it
 runs on the CPUs there are; where the dataset or the teacher checkpoint is
@@ -26,10 +27,24 @@ SMOKE_TEST_IMAGES = 128
 @dataclass
 class SmokeSetup:
     base: dict
-    point: TrialPoint
+    points: list[TrialPoint]  # the first planned trial of each method the study runs
     cpus: float
     gpus: float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def point(self) -> TrialPoint:
+        return self.points[0]
+
+
+def smoke_points(study) -> list[TrialPoint]:
+    """The first planned trial of each method a grid runs; a search's first point."""
+    if study.settings.mode != "grid":
+        return [study.first_point()]
+    first: dict[str, TrialPoint] = {}
+    for point in study.grid_points():
+        first.setdefault(study.trial_config(point.overrides, point.seed).method, point)
+    return list(first.values())
 
 
 def local_cpus() -> int:
@@ -65,10 +80,10 @@ def capped_base(base: dict, settings: StudySettings) -> dict:
     return capped
 
 
-def smoke_setup(base: dict, settings: StudySettings, point: TrialPoint, cpus: float, gpus: float,
+def smoke_setup(base: dict, settings: StudySettings, points: list[TrialPoint], cpus: float, gpus: float,
                 local: bool) -> SmokeSetup:
-    """The smoke run's trial defaults, point and resources; ``local``: on the Ray instance the CLI starts."""
-    setup = SmokeSetup(capped_base(copy.deepcopy(base), settings), point, cpus, gpus)
+    """The smoke run's trial defaults, points and resources; ``local``: on the Ray instance the CLI starts."""
+    setup = SmokeSetup(capped_base(copy.deepcopy(base), settings), list(points), cpus, gpus)
     if local:
         fit_local_machine(setup)
     substitute_data(setup, settings)
@@ -106,30 +121,32 @@ def substitute_data(setup: SmokeSetup, settings: StudySettings) -> None:
 
 
 def substitute_teacher(setup: SmokeSetup) -> None:
-    # The smoke trial's own checkpoint: a template names one per teacher.arch.
-    checkpoint = trial_config(setup.base, setup.point.overrides, setup.point.seed).teacher.checkpoint
-    if checkpoint and not Path(checkpoint).expanduser().is_file():
+    # Each smoke trial's own checkpoint: a template names one per teacher.arch.
+    checkpoints = [trial_config(setup.base, p.overrides, p.seed).teacher.checkpoint for p in setup.points]
+    missing = next((c for c in checkpoints if c and not Path(c).expanduser().is_file()), None)
+    if missing:
         setup.base["teacher"] = {**setup.base["teacher"], "checkpoint": None}
         epochs = setup.base["teacher"]["optim"]["epochs"]
-        setup.notes.append(f"smoke: teacher checkpoint {checkpoint} does not exist: training a stand-in teacher "
+        setup.notes.append(f"smoke: teacher checkpoint {missing} does not exist: training a stand-in teacher "
                            f"briefly instead ({epochs} epoch(s) of at most {setup.base['teacher']['max_steps_per_epoch']} "
                            f"steps)")
 
 
 def fit_method_to_data(setup: SmokeSetup) -> None:
-    """The method's own settings that ask for more than the smoke data holds (ICD's memory negatives), fitted."""
+    """The methods' own settings that ask for more than the smoke data holds (memory negatives, queues), fitted."""
     from ..method.distillers import get_method
     from ..method.schema import flatten
 
-    cfg = trial_config(setup.base, setup.point.overrides, setup.point.seed)
-    fitted = get_method(cfg.method).fit_to_sizes(cfg.loss, train_size(cfg.data), cfg.optim.batch_size)
-    if not fitted:
-        return
-    current = flatten(cfg.to_dict())
-    setup.point = TrialPoint(setup.point.name, setup.point.levels, setup.point.seed, {**setup.point.overrides, **fitted})
-    for key, value in fitted.items():
-        setup.notes.append(f"smoke: {key.removeprefix('loss.')} {current.get(key)} is more than the smoke data allows: "
-                           f"using {value}")
+    for i, point in enumerate(setup.points):
+        cfg = trial_config(setup.base, point.overrides, point.seed)
+        fitted = get_method(cfg.method).fit_to_sizes(cfg.loss, train_size(cfg.data), cfg.optim.batch_size)
+        if not fitted:
+            continue
+        current = flatten(cfg.to_dict())
+        setup.points[i] = TrialPoint(point.name, point.levels, point.seed, {**point.overrides, **fitted})
+        for key, value in fitted.items():
+            setup.notes.append(f"smoke: {key.removeprefix('loss.')} {current.get(key)} is more than the smoke data "
+                               f"allows: using {value}" + (f" ({cfg.method})" if len(setup.points) > 1 else ""))
 
 
 def substitute_transfer(setup: SmokeSetup) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...method.config import TrialConfig
 from .fingerprint import FINGERPRINT_KEY, check_resume, code_version, listed, study_fingerprint
 from ..preflight import StudyRunError, check_run_options, check_trial_request
-from ..smoke import smoke_setup
+from ..smoke import smoke_points, smoke_setup
 from ..study.definition import Study
 from ..study.settings import StudySettings
 from ..raytune.trainable import TrialRunSettings
@@ -105,7 +105,7 @@ class StudyPlan:
 
     @property
     def run_trials(self) -> int:
-        """This run's trials: the grid's points (one under --smoke) or the search's samples."""
+        """This run's trials: the grid's points (one per method under --smoke) or the search's samples."""
         return len(self.points) if self.points else self.settings.search.num_samples
 
     @property
@@ -196,8 +196,8 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     points = study.grid_points() if settings.mode == "grid" else None
     notes: list[str] = []
     if opts.smoke:
-        smoke = smoke_setup(base, settings, study.first_point(), cpus, gpus, local=not opts.joins_cluster)
-        base, points, cpus, gpus, notes = smoke.base, [smoke.point], smoke.cpus, smoke.gpus, smoke.notes
+        smoke = smoke_setup(base, settings, smoke_points(study), cpus, gpus, local=not opts.joins_cluster)
+        base, points, cpus, gpus, notes = smoke.base, smoke.points, smoke.cpus, smoke.gpus, smoke.notes
         max_epochs = settings.smoke.epochs
     check_trial_request(cpus, gpus, base.get("device", "auto"), request_source(opts))
     if gpus == 0 and base.get("device") == "auto":
