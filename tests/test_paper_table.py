@@ -26,37 +26,58 @@ def checkpoint(folder: Path, arch: str) -> Path:
     return path
 
 
-def test_paper_table_is_39_points_per_seed_with_the_published_weights(tmp_path):
+# Each method level: (method, CE weight, KD weight, the method's own weights), as RepDistiller's -r -a -b.
+LEVELS = {"KD": ("icd", 0.1, 0.9, {"contrastive_weight": 0.0, "invariance_weight": 0.0}),
+          "CRD": ("crd", 1.0, 0.0, {"crd_weight": 0.8}), "CRD+KD": ("crd", 1.0, 1.0, {"crd_weight": 0.8}),
+          "RRD": ("rrd", 1.0, 0.0, {"rrd_weight": 1.0}), "RRD+KD": ("rrd", 1.0, 1.0, {"rrd_weight": 1.0}),
+          "DKD": ("dkd", 1.0, 0.0, {"dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0}),
+          "ICD": ("icd", 1.0, 0.0, {"contrastive_weight": 1.0, "invariance_weight": 0.5}),
+          "ICD+KD": ("icd", 1.0, 1.0, {"contrastive_weight": 1.0, "invariance_weight": 0.5})}
+
+
+def test_paper_table_is_104_points_per_seed_with_the_published_weights(tmp_path):
     study = load_study(PAPER_TABLE, [f"teachers_dir={tmp_path}", "seeds=[0, 1, 2]"])
     points = study.grid_points()
-    assert len(points) == 39 * 3 and study.settings.metric == study.settings.report_metric == "test/best_acc1"
+    assert len(points) == 13 * 8 * 3 and study.settings.metric == study.settings.report_metric == "test/best_acc1"
     uses = teacher_uses(study.base, points)
     assert [u.cfg.arch for u in uses.values()] == TEACHERS and all(u.missing for u in uses.values())
     assert {u.cfg.checkpoint for u in uses.values()} == {str(tmp_path / f"{a}_vanilla" / "ckpt_epoch_240.pth")
                                                          for a in TEACHERS}
-    weights = {"KD": (0.1, 0.9, 0.0, 0.0), "ICD": (1.0, 0.0, 1.0, 0.5), "ICD+KD": (1.0, 1.0, 1.0, 0.5)}
     for point in points:
         cfg = study.trial_config(point.overrides, point.seed)
-        loss = cfg.loss
-        assert (loss.ce_weight, loss.kd_weight, loss.contrastive_weight, loss.invariance_weight) == \
-            weights[point.levels["method"]]
+        method, ce, kd, own = LEVELS[point.levels["method"]]
+        assert (cfg.method, cfg.loss.ce_weight, cfg.loss.kd_weight, cfg.loss.kd_temperature) == (method, ce, kd, 4.0)
+        assert {k: getattr(cfg.loss, k) for k in own} == own
         assert point.levels["pair"] == f"{cfg.teacher.arch}->{cfg.student}"
         assert cfg.protocol == "paper" and cfg.data.val_fraction == 0 and cfg.optim.epochs == 240
         assert resolve_lr(cfg.optim.lr, cfg.student) == (0.01 if cfg.student.startswith(("Mobile", "Shuffle")) else 0.05)
     reported = study.settings.reported
-    assert len(reported) == 13 and all(set(v) == {"teacher", "student", "KD", "ICD", "ICD+KD"} for v in reported.values())
+    every = {"teacher", "student", *LEVELS}
+    assert len(reported) == 13
+    # DKD's published pairs (mdistiller) leave out two of the thirteen.
+    assert [pair for pair, v in reported.items() if set(v) != every] == ["resnet110->resnet20", "ResNet50->vgg8"]
+    assert all(set(v) == every - {"DKD"} for pair, v in reported.items() if pair in ("resnet110->resnet20", "ResNet50->vgg8"))
     assert reported["resnet32x4->ShuffleV2"]["ICD+KD"] == 76.95
+    row = reported["resnet32x4->resnet8x4"]
+    assert (row["KD"], row["CRD"], row["CRD+KD"], row["RRD"], row["RRD+KD"], row["ICD"], row["ICD+KD"], row["DKD"]) == \
+        (73.33, 75.51, 75.46, 74.48, 75.08, 74.23, 75.09, 76.32)
+    # The claim the study tests: CRD alone above ICD alone on 12 of 13 pairs; ICD+KD above CRD+KD on 8 of 13.
+    assert sum(v["CRD"] > v["ICD"] for v in reported.values()) == 12
+    assert sum(v["ICD+KD"] > v["CRD+KD"] for v in reported.values()) == 8
 
 
 def test_dry_run_plans_without_checkpoints_marking_each_missing(tmp_path, capsys):
     present = checkpoint(tmp_path, "resnet56")
     assert main([str(PAPER_TABLE), "--dry-run", "--set", f"teachers_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "# study points: 39 x 1 seed(s) = 39 trials" in out
+    assert "# study points: 104 x 1 seed(s) = 104 trials" in out
+    for method in ("crd", "rrd", "dkd"):  # ICD's settings in the shared loss section, ignored by the others
+        assert f"# ignored by the {method} trials (other methods' settings in the shared loss section): " \
+               f"loss.temperature, loss.feat_dim, loss.negatives" in out
     assert "5 checkpoint(s) MISSING" in out and f"MISSING {present}" not in out and str(present) in out
     assert "# GPU-hours estimate:" in out and "basis: measured: resnet32x4 -> resnet8x4 ICD" in out
     assert "| resnet32x4->ShuffleV2 | 79.42 | 71.82 | ICD+KD | - | 76.95 | - |" in re.sub(" +", " ", out)
-    assert out.count("| ICD+KD ") == 13
+    assert out.count("| ICD+KD ") == 13 and out.count("| DKD ") == 11
 
 
 def test_a_real_run_without_the_teachers_exits_2_listing_every_missing_one(tmp_path, capsys):

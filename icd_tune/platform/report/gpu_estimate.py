@@ -28,7 +28,8 @@ BASIS = (f"measured: {REFERENCE_TEACHER} -> {REFERENCE_STUDENT} ICD, {REFERENCE_
          f"(bench/pair_step_time.py); any other pair takes the largest of its FLOPs ratio (teacher forward + 3x student "
          f"forward per image, counted from the zoo models), the ratio measured for its student with another teacher, and "
          f"the smallest ratio measured ({min(MEASURED_RATIO.values())}x): small students are bound by latency, not FLOPs. "
-         f"Scaled by training images and epochs; the teacher-output cache (on for 4 of the 6 teachers) makes trials "
+         f"Scaled by training images and epochs. Every method is costed at ICD's step time (CRD, RRD and DKD add "
+         f"small heads or logit terms to the same forward passes); the teacher-output cache, where on, makes trials "
          f"faster than this.")
 
 
