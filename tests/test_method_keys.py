@@ -12,6 +12,7 @@ from icd_tune.platform.cli.main import main
 from icd_tune.platform.smoke import smoke_points
 from icd_tune.platform.study.definition import load_study
 from icd_tune.platform.study.method_keys import ignored_loss_keys
+from icd_tune.platform.study.trials import trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +135,26 @@ def test_the_baselines_study_runs_every_method_at_its_published_setting():
     assert study.settings.reported["resnet32x4->resnet8x4"]["DKD"] == 76.32
     # --smoke runs the first trial of each method.
     assert [p.levels["method"] for p in smoke_points(study)] == ["ICD", "CE", "CRD", "RRD", "DKD"]
+
+
+CIFAR_STUDIES = sorted(p for p in (ROOT / "ablations").glob("*.yaml")
+                       if load_study(p).trial_config({}, 0).data.name == "cifar100")
+
+
+@pytest.mark.parametrize("path", CIFAR_STUDIES, ids=lambda p: p.name)
+def test_the_smoke_plan_of_every_cifar_study_resolves_offline(tmp_path, path):
+    """Without CIFAR-100 or any teacher checkpoint here, --smoke plans one short trial per method on stand-ins
+    (one such smoke runs end to end in test_never_hang_runs.py; baselines.yaml's was run by hand, 5 trials)."""
+    from icd_tune.platform.stages.plan import RunOptions, resolve_plan
+
+    study = load_study(path, [f"teachers_dir={tmp_path / 'no_teachers'}"] if "teachers_dir" in path.read_text() else [])
+    plan = resolve_plan(study, RunOptions(smoke=True, results_dir=str(tmp_path / "results"),
+                                          data_dir=str(tmp_path / "no_data")))
+    configs = [trial_config(plan.base, p.overrides, p.seed) for p in plan.points]
+    assert sorted({c.method for c in configs}) == sorted(set(study.trial_methods))
+    assert len(configs) == len(set(study.trial_methods))
+    for cfg in configs:
+        assert cfg.data.name == "synthetic" and cfg.data.num_classes == 100 and not cfg.data.download
+        assert cfg.optim.epochs == study.settings.smoke.epochs and cfg.device == "cpu"
+        assert cfg.teacher.checkpoint is None  # no checkpoint here: a briefly trained stand-in
+    assert not (tmp_path / "results").exists() and not (tmp_path / "no_data").exists()

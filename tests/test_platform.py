@@ -258,49 +258,6 @@ def run_then_kill(cmd, cwd, db: Path, min_logged: int, log_path: Path):
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_duplicate_runs_and_never_mixes_studies(tmp_path, tiny_study):
-    path = tiny_study("resume", """
-    mode: grid
-    grid:
-      invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5, 1.0]}
-    seeds: [0]
-    max_concurrent: 1
-    """, epochs=4, steps=6)
-    results = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "run_ablation.py"), str(path), "--results-dir", str(results)]
-    db = results / "resume" / "mlflow.db"
-    # Mid-study: some epochs logged, most still to come.
-    env = run_then_kill(cmd, tmp_path, db, min_logged=2, log_path=tmp_path / "first_run.log")
-    rows_before, logged_before = _count_runs(db)
-    assert logged_before < 12
-    (state_file,) = (results / "resume").glob("*/study_state.json")
-    state_before = state_file.read_bytes()
-
-    changed = subprocess.run(cmd + ["--resume", "--set", "loss.kd_weight=0.5"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=400)
-    assert changed.returncode == 2, changed.stdout[-3000:] + changed.stderr[-3000:]
-    assert "would mix two studies" in changed.stderr and "loss.kd_weight: 1.0 -> 0.5" in changed.stderr
-    assert _count_runs(db) == (rows_before, logged_before) and state_file.read_bytes() == state_before
-
-    # A child run the killed driver had opened for a trial Ray never recorded: nothing will continue it.
-    client = mlflow_client(f"sqlite:///{db}")
-    parent_id = json.loads(state_before)["parent_run_id"]
-    orphan = client.create_run(client.get_run(parent_id).info.experiment_id, run_name="orphan",
-                               tags={"mlflow.parentRunId": parent_id, "icd_tune.trial_id": "never_recorded"}).info.run_id
-    out = subprocess.run(cmd + ["--resume", "--cpus-per-trial", "1"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows, logged = _count_runs(db)
-    parents = [r for r in rows if r[2] == 0]
-    children = [r for r in rows if r[2] == 1 and r[0] != orphan]
-    assert len(parents) == 1 and len(children) == 3
-    assert all(status == "FINISHED" for run_id, status, _ in rows if run_id != orphan)
-    assert logged == 12  # 3 trials x 4 epochs, each epoch logged exactly once
-    closed = client.get_run(orphan)
-    assert closed.info.status == "KILLED" and closed.data.tags["icd_tune.end"].startswith("interrupted: its driver")
-
-
-@pytest.mark.slow
 def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_session):
     path = tiny_study("cached", """
     teacher: {arch: resnet8, optim: {epochs: 1, batch_size: 16}, cache: on, cache_dtype: float32}
@@ -321,7 +278,9 @@ def test_study_reads_teacher_outputs_from_the_cache(tmp_path, tiny_study, ray_se
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_study):
+def test_killed_driver_resumes_its_optuna_study_without_duplicate_runs_and_never_mixes_studies(tmp_path, tiny_study):
+    """SIGKILL of the whole run mid-search; a --resume that changes the study is refused and changes nothing; a
+    --resume that only moves the trials (CPUs per trial) continues the same Optuna study and MLflow runs."""
     import optuna
 
     path = tiny_study("search_resume", """
@@ -339,13 +298,31 @@ def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_stu
     db = results / "search_resume" / "mlflow.db"
     # Past the first trial, before the last.
     env = run_then_kill(cmd, tmp_path, db, min_logged=4, log_path=tmp_path / "first_run.log")
+    rows_before, logged_before = _count_runs(db)
+    assert logged_before < 12
     folder = next((results / "search_resume").glob("2*"))
+    state_file = folder / "study_state.json"
+    state_before = state_file.read_bytes()
     storage = f"sqlite:///{folder / 'optuna.db'}"
     before = optuna.load_study(study_name="search_resume", storage=storage)
     started_before = len(before.trials)
     assert 1 <= started_before < 4
     assert before.user_attrs["optuna_version"] == optuna.__version__
-    out = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+
+    changed = subprocess.run(cmd + ["--resume", "--set", "loss.kd_weight=0.5"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=400)
+    assert changed.returncode == 2, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "would mix two studies" in changed.stderr and "loss.kd_weight: 1.0 -> 0.5" in changed.stderr
+    assert _count_runs(db) == (rows_before, logged_before) and state_file.read_bytes() == state_before
+    assert len(optuna.load_study(study_name="search_resume", storage=storage).trials) == started_before
+
+    # A child run the killed driver had opened for a trial Ray never recorded: nothing will continue it.
+    client = mlflow_client(f"sqlite:///{db}")
+    parent_id = json.loads(state_before)["parent_run_id"]
+    orphan = client.create_run(client.get_run(parent_id).info.experiment_id, run_name="orphan",
+                               tags={"mlflow.parentRunId": parent_id, "icd_tune.trial_id": "never_recorded"}).info.run_id
+    out = subprocess.run(cmd + ["--resume", "--cpus-per-trial", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = optuna.load_study(study_name="search_resume", storage=storage)
     # The same study continued: its earlier trials kept, no fresh study, no extra samples.
@@ -356,8 +333,13 @@ def test_killed_search_resumes_and_continues_its_optuna_study(tmp_path, tiny_stu
     others = [t for t in after.trials if t.state != optuna.trial.TrialState.COMPLETE]
     assert all(t.state == optuna.trial.TrialState.FAIL and "orphaned" in t.user_attrs["failure"] for t in others)
     rows, logged = _count_runs(db)
-    assert len([r for r in rows if r[2] == 0]) == 1 and len([r for r in rows if r[2] == 1]) == 4
-    assert logged == 12
+    parents = [r for r in rows if r[2] == 0]
+    children = [r for r in rows if r[2] == 1 and r[0] != orphan]
+    assert len(parents) == 1 and len(children) == 4
+    assert all(status == "FINISHED" for run_id, status, _ in rows if run_id != orphan)
+    assert logged == 12  # 4 trials x 3 epochs, each epoch logged exactly once
+    closed = client.get_run(orphan)
+    assert closed.info.status == "KILLED" and closed.data.tags["icd_tune.end"].startswith("interrupted: its driver")
 
 
 @pytest.mark.slow
