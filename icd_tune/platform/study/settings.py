@@ -7,6 +7,7 @@ defaults of ``TrialConfig`` (student, teacher, data, loss, optim, ...).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -60,6 +61,16 @@ class SmokeConfig:
             require(value >= 1, f"bad value {value!r}: expected at least 1", join_path(path, name))
 
 
+# A name that becomes a folder, an MLflow experiment or a registered model: never a path.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+PLAIN_NAME_RULE = ("a name must be plain: letters, digits, '-', '_' and '.', not starting with '.', at most 100 "
+                   "characters, no path separator")
+
+
+def is_plain_name(name: object) -> bool:
+    return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None
+
+
 @dataclass
 class StudySettings:
     name: str = ""
@@ -99,6 +110,8 @@ class StudySettings:
 
     def validate(self, path: str) -> None:
         require(bool(self.name), "required key is missing: every study needs a name", join_path(path, "name"))
+        require(is_plain_name(self.name), f"bad value {self.name!r}: {PLAIN_NAME_RULE} (it names the study's "
+                f"results folder and its MLflow experiment)", join_path(path, "name"))
         require(not self.metric.startswith("transfer/"),
                 f"bad value {self.metric!r}: transfer accuracies are measured on each target's test split after the "
                 f"last epoch, so nothing may select on them; they are reported beside the study's metric",
