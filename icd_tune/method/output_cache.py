@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -153,7 +154,7 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
     params = list(teacher_model.parameters()) + list(teacher_model.buffers())
     home = params[0].device if params else torch.device("cpu")
     was_training = teacher_model.training
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # never shared
     digest = hashlib.sha256()
     start = time.perf_counter()
     bar = Progress(total, f"teacher cache {path.name}", progress)

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", action="store_true",
                       help="one short local trial of the study's first point (capped epochs and steps)")
     mode.add_argument("--dry-run", action="store_true", help="print the resolved config and trial plan; run nothing")
-    mode.add_argument("--resume", action="store_true", help="continue this study's latest interrupted run")
+    mode.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                      help="continue this study's latest run whose trials it defines as given (another --set makes "
+                           "another study), or the run folder PATH")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, value parsed as YAML, e.g. --set loss.invariance_weight=0.5 (repeatable)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")

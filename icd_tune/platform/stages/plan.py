@@ -46,7 +46,7 @@ class Experiment:
 @dataclass
 class RunOptions:
     smoke: bool = False
-    resume: bool = False
+    resume: bool | str = False  # True: the latest matching run; a path: that run folder
     address: str | None = None
     storage: str | None = None
     tracking_uri: str | None = None
@@ -204,7 +204,8 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
         base["device"] = "cpu"  # a trial without a GPU share must not grab one
 
     results_root = Path(opts.results_dir or settings.results_dir).expanduser().resolve()
-    run_folder, state = run_folder_and_state(study, opts, results_root / study.name)
+    fingerprint = study_fingerprint(study, base, points, max_epochs, opts.smoke)
+    run_folder, state, others = run_folder_and_state(study, opts, results_root / study.name, fingerprint)
     # One experiment folder per invocation, also under shared storage, so studies never collide.
     storage_path = state.get("storage") or (
         f"{opts.storage.rstrip('/')}/{study.name}/{run_folder.name}" if opts.storage else str(run_folder / "ray"))
@@ -220,7 +221,10 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     plan = StudyPlan(study=study, opts=opts, base=base, cpus=cpus, gpus=gpus, max_epochs=max_epochs, points=points,
                      trial0=trial0, needs_teacher=needs_teacher, results_root=results_root, run_folder=run_folder,
                      state=state, storage_path=storage_path, tracking_uri=tracking_uri, notes=notes)
-    record_fingerprint(plan)
+    record_fingerprint(plan, fingerprint)
+    if others:
+        plan.notes.append(f"note: other interrupted runs of '{study.name}' (another --set, or an older definition): "
+                          f"{', '.join(str(f) for f in others)}; --resume PATH continues one of them")
     if plan.searching and not opts.resume:  # a resumed search already holds them in its Optuna study
         plan.warm_start = load_warm_start(study)
         if plan.warm_start:
@@ -228,9 +232,8 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     return plan
 
 
-def record_fingerprint(plan: StudyPlan) -> None:
+def record_fingerprint(plan: StudyPlan, fingerprint: dict) -> None:
     """A fresh run records what defines its trials; a resumed one must match it (or nothing goes on)."""
-    fingerprint = study_fingerprint(plan.study, plan.base, plan.points, plan.max_epochs, plan.opts.smoke)
     if not plan.opts.resume:
         plan.state[FINGERPRINT_KEY] = fingerprint
         return
@@ -273,21 +276,44 @@ def check_client_resume(opts: RunOptions) -> None:
             f"ray job submit --address http://HEAD:8265 -- python run_ablation.py STUDY.yaml --address auto --resume")
 
 
-def run_folder_and_state(study: Study, opts: RunOptions, study_root: Path) -> tuple[Path, dict]:
-    """A fresh, time-stamped run folder, or with --resume the latest earlier one and its saved state."""
-    if opts.resume:
-        run_folder = latest_run_folder(study_root, smoke=opts.smoke)
-        if run_folder is None:
-            raise StudyRunError(f"nothing to resume: no earlier run of '{study.name}' under {study_root}")
-        return run_folder, json.loads((run_folder / STATE_FILE).read_text())
-    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
-    return study_root / stamp, {}
+def run_folder_and_state(study: Study, opts: RunOptions, study_root: Path,
+                         fingerprint: dict) -> tuple[Path, dict, list[Path]]:
+    """A fresh, time-stamped run folder; or with --resume the run to continue, its saved state, and the
+    study's other interrupted runs. --resume takes the latest run whose trials this study as given defines
+    (a parallel invocation with another --set is not it); --resume PATH takes that run folder."""
+    if not opts.resume:
+        stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
+        return study_root / stamp, {}, []
+    if isinstance(opts.resume, str):
+        folder = Path(opts.resume).expanduser().resolve()
+        if not (folder / STATE_FILE).is_file():
+            raise StudyRunError(f"--resume {opts.resume}: {folder} is not a run folder (it holds no {STATE_FILE})")
+        state = json.loads((folder / STATE_FILE).read_text())
+        if state.get("study") not in (None, study.name):
+            raise StudyRunError(f"--resume {opts.resume}: that run is of study '{state.get('study')}', not "
+                                f"'{study.name}'")
+        return folder, state, []
+    candidates = run_folders(study_root, smoke=opts.smoke)
+    if not candidates:
+        raise StudyRunError(f"nothing to resume: no earlier run of '{study.name}' under {study_root}")
+    states = {folder: json.loads((folder / STATE_FILE).read_text()) for folder in candidates}
+    chosen = next((f for f in candidates if _resumes(states[f], fingerprint, f)), candidates[0])
+    others = [f for f in candidates if f != chosen and states[f].get("status") not in ("completed", None)]
+    return chosen, states[chosen], others
 
 
-def latest_run_folder(study_root: Path, smoke: bool = False) -> Path | None:
-    # A smoke check run after a study must not be what `--resume` picks up, nor the reverse.
-    candidates = sorted(p for p in study_root.glob("*/" + STATE_FILE) if p.parent.name.endswith("-smoke") == smoke)
-    return candidates[-1].parent if candidates else None
+def _resumes(state: dict, fingerprint: dict, folder: Path) -> bool:
+    try:
+        check_resume(state.get(FINGERPRINT_KEY), fingerprint, folder)
+        return True
+    except StudyRunError:
+        return False
+
+
+def run_folders(study_root: Path, smoke: bool = False) -> list[Path]:
+    """The study's run folders with a saved state, newest first (smoke runs and real runs apart)."""
+    found = [p.parent for p in study_root.glob("*/" + STATE_FILE) if p.parent.name.endswith("-smoke") == smoke]
+    return sorted(found, key=lambda folder: folder.name, reverse=True)
 
 
 def planned_trial_epochs(study: Study) -> int:

@@ -158,13 +158,39 @@ def cluster_hosts() -> set[str]:
 
 def create_run_folder(plan: StudyPlan) -> None:
     try:
-        plan.run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
+        if plan.opts.resume:
+            plan.run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
+        else:
+            claim_fresh_folder(plan)
     except OSError as err:
         raise StudyRunError(f"results folder {plan.run_folder} cannot be created: {err.strerror or err}") from None
     console.attach_log(plan.run_folder)
     study = plan.study
     plan.state.update({"study": study.name, "source": study.source, "storage": plan.storage_path,
                        "tracking_uri": plan.tracking_uri, "smoke": plan.opts.smoke, "status": "running"})
+
+
+def claim_fresh_folder(plan: StudyPlan) -> None:
+    """A fresh run's own folder: its time stamp, or the stamp and a number when another invocation of the
+    study started in the same second (a job array, a shell loop): created exclusively, never shared."""
+    planned = plan.run_folder
+    planned.parent.mkdir(parents=True, exist_ok=True)
+    stamp, smoke = (planned.name[:-len("-smoke")], "-smoke") if planned.name.endswith("-smoke") else (planned.name, "")
+    for n in range(1, 1000):
+        folder = planned if n == 1 else planned.with_name(f"{stamp}-{n:02d}{smoke}")
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise StudyRunError(f"results folder {planned.parent} already holds 999 runs started at {stamp}")
+    if folder != planned:
+        plan.run_folder = folder
+        if plan.storage_path == str(planned / "ray"):
+            plan.storage_path = str(folder / "ray")
+        elif plan.storage_path.endswith("/" + planned.name):
+            plan.storage_path = plan.storage_path[:-len(planned.name)] + folder.name
 
 
 def announce(plan: StudyPlan, log: Log) -> None:

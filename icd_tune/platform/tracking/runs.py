@@ -7,6 +7,8 @@ resumed study continues its runs instead of duplicating them.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 import re
@@ -76,6 +78,24 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def store_lock(tracking_uri: str):
+    """Holds ``<store>.lock`` (an exclusive file lock) for a sqlite store; nothing for a server."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class StudyTracker:
     """Owns the MLflow experiment and parent run; finds or creates child runs."""
 
@@ -85,15 +105,19 @@ class StudyTracker:
         # A client bound to this URI, not mlflow.set_tracking_uri: that exports MLFLOW_TRACKING_URI
         # to every process started afterwards.
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        experiment = self.client.get_experiment_by_name(study_name)
-        if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                study_name, artifact_location=artifact_root or default_artifact_root(tracking_uri), tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
-        else:
-            self.experiment_id = experiment.experiment_id
-            if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        # Invocations started together share one sqlite store: it is created and migrated, and the
+        # experiment found or made, by one of them at a time (a lock file beside it; one machine only).
+        with store_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri)
+            experiment = self.client.get_experiment_by_name(study_name)
+            if experiment is None:
+                self.experiment_id = self.client.create_experiment(
+                    study_name, artifact_location=artifact_root or default_artifact_root(tracking_uri),
+                    tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+            else:
+                self.experiment_id = experiment.experiment_id
+                if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
         self.run_folder = run_folder
         self.parent_run_id: str | None = None
 
