@@ -111,15 +111,27 @@ class StudyTracker:
             self.client = MlflowClient(tracking_uri)
             experiment = self.client.get_experiment_by_name(study_name)
             if experiment is None:
-                self.experiment_id = self.client.create_experiment(
-                    study_name, artifact_location=artifact_root or default_artifact_root(tracking_uri),
-                    tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+                self.experiment_id = self._create_experiment(study_name, artifact_root)
             else:
                 self.experiment_id = experiment.experiment_id
                 if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
                     self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
         self.run_folder = run_folder
         self.parent_run_id: str | None = None
+
+    def _create_experiment(self, study_name: str, artifact_root: str | None) -> str:
+        """Creates the study's experiment; one that another invocation created first (on a server) is used."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                study_name, artifact_location=artifact_root or default_artifact_root(self.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        except MlflowException:
+            experiment = self.client.get_experiment_by_name(study_name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None) -> str:
         if resume_id:
