@@ -1,10 +1,11 @@
-"""Durable file writes and a cross-process lock, for the teacher-output cache."""
+"""Durable file writes and a cross-process lock (teacher-output caches, teachers, the tracking store)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 
@@ -18,8 +19,13 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def private_tmp(path: Path) -> Path:
+    """A temporary file beside ``path`` that no other process or write uses, renamed into place when whole."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = private_tmp(path)
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=True)
         f.flush()

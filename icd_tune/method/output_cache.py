@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,7 @@ import torch.nn as nn
 
 from .data import NUM_VARIANTS, DataBundle, Normalizer, augment
 from .device import resolve_device
-from .files import build_lock, fsync_dir, write_json_atomic
+from .files import build_lock, fsync_dir, private_tmp, write_json_atomic
 from .progress import Progress, format_bytes
 
 CACHE_FORMAT = 1
@@ -154,7 +153,7 @@ def build_cache(teacher_model: nn.Module, data_bundle: DataBundle, path: str | P
     params = list(teacher_model.parameters()) + list(teacher_model.buffers())
     home = params[0].device if params else torch.device("cpu")
     was_training = teacher_model.training
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # never shared
+    tmp = private_tmp(path)
     digest = hashlib.sha256()
     start = time.perf_counter()
     bar = Progress(total, f"teacher cache {path.name}", progress)

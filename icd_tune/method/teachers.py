@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +18,7 @@ import torch.nn as nn
 
 from .config import LossConfig, TeacherConfig, TrialConfig
 from .data import DataBundle
+from .files import private_tmp
 from .models import create_model
 from .schema import to_dict
 
@@ -111,7 +110,7 @@ def load_teacher_checkpoint(path: str | Path, arch: str, num_classes: int) -> nn
 def save_teacher(model: nn.Module, path: str | Path, arch: str, num_classes: int, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # never shared
+    tmp = private_tmp(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"model": state, "arch": arch, "num_classes": num_classes, "meta": meta}, tmp)
     tmp.replace(path)

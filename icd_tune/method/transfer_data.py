@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
+from .files import private_tmp
 from .data import SIZE, DataUnavailableError, _load_digits, _load_synthetic
 from .transfer_config import TransferConfig
 
@@ -161,7 +162,7 @@ def _load_tiny_imagenet(root: Path):
                                    f"{len(test_files)} validation images; expected the standard layout")
     train, test = _decode(train_files), _decode(test_files)
     try:
-        tmp = cache.with_name(cache.name + ".tmp")
+        tmp = private_tmp(cache)
         torch.save({"train_x": train[0], "train_y": train[1], "test_x": test[0], "test_y": test[1],
                     "num_classes": len(wnids)}, tmp)
         tmp.replace(cache)  # trials finishing together may both write it; each write is whole

@@ -15,7 +15,7 @@ from ...method.config import DEFAULT_METHOD
 from ...method.distillers import methods_with_loss_key
 from ...method.schema import ConfigError, join_path, suggest
 from .files import loss_classes
-from .trials import loss_keys
+from .trials import loss_key_name, loss_keys
 
 
 def other_methods_loss(base: dict, methods: list[str]) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def check_set_loss_keys(study, parsed: list[tuple[str, Any]]) -> None:
     """A ``--set loss.KEY`` must reach a trial: some trial's method has KEY."""
     owned = {k for m in study.trial_methods for k in (loss_keys(m) or ())}
     for key, _ in parsed:
-        name = key.split(".")[1] if key.startswith("loss.") else None
+        name = loss_key_name(key)
         if name and name not in owned:
             raise ConfigError(f"no trial of this study reads it (its methods: "
                               f"{', '.join(study.trial_methods)}); it is a setting of method "

@@ -78,6 +78,11 @@ def trial_dict(base: Mapping, overrides: Overrides, seed: Any) -> dict:
     return expand_arch(data)  # a checkpoint template names each trial's own teacher
 
 
+def loss_key_name(dotted: str) -> str | None:
+    """``loss.X`` (or ``loss.X.Y``) -> X: the ``loss:`` key a dotted override sets; None for any other key."""
+    return dotted.split(".")[1] if dotted.startswith("loss.") else None
+
+
 def loss_keys(method: Any) -> frozenset[str] | None:
     """The ``loss:`` keys of ``method``; None when it names no method (its validation says why)."""
     try:
@@ -92,7 +97,7 @@ def keep_own_loss(data: dict, set_keys: Iterable[str] = ()) -> dict:
     own = loss_keys(data.get("method", DEFAULT_METHOD))
     if not isinstance(loss, dict) or own is None or "loss" in set_keys:
         return data
-    given = {key.split(".")[1] for key in set_keys if key.startswith("loss.")}
+    given = {loss_key_name(key) for key in set_keys} - {None}
     data["loss"] = {k: v for k, v in loss.items() if k in own or k in given}
     return data
 
@@ -104,7 +109,7 @@ def check_own_loss(data: dict, set_keys: Iterable[str]) -> None:
     if own is None:
         return
     for key in set_keys:
-        name = key.split(".")[1] if key.startswith("loss.") and key.count(".") >= 1 else None
+        name = loss_key_name(key)
         if name and name not in own:
             from ...method.distillers import methods_with_loss_key
 

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from ray import tune
 
+from ...method.files import build_lock
+
 from ..metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
 from ..raytune.ray_internals import snapshots_taken
 from ..versions import git_commit, package_versions
@@ -80,20 +82,14 @@ def default_artifact_root(tracking_uri: str) -> str | None:
 
 @contextlib.contextmanager
 def store_lock(tracking_uri: str):
-    """Holds ``<store>.lock`` (an exclusive file lock) for a sqlite store; nothing for a server."""
+    """The file lock beside a sqlite store (``mlflow.lock`` for ``mlflow.db``); nothing for a server."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
-    lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(db):
+        yield
 
 
 class StudyTracker:
