@@ -148,6 +148,8 @@ def test_the_smoke_plan_of_every_cifar_study_resolves_offline(tmp_path, path):
     from icd_tune.platform.stages.plan import RunOptions, resolve_plan
 
     study = load_study(path, [f"teachers_dir={tmp_path / 'no_teachers'}"] if "teachers_dir" in path.read_text() else [])
+    if study.compare is not None:  # a comparison's smoke runs its confirm grid at each method's default
+        study = study.compare.smoke_study()
     plan = resolve_plan(study, RunOptions(smoke=True, results_dir=str(tmp_path / "results"),
                                           data_dir=str(tmp_path / "no_data")))
     configs = [trial_config(plan.base, p.overrides, p.seed) for p in plan.points]

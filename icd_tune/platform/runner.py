@@ -26,6 +26,10 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = conso
     Unless ``opts.verbose``, Ray's, MLflow's and Optuna's own output goes to the run
     folder's log file instead of the terminal (``console``).
     """
+    if study.compare is not None:  # its phases are studies of their own, each run as below
+        from .stages.compare import run_comparison
+
+        return run_comparison(study, opts, run_study, log)
     plan = resolve_plan(study, opts)
     with console.quiet(not opts.verbose):
         prepared = prepare(plan, log)

@@ -67,6 +67,8 @@ class RunOptions:
     # The command line that started the run, for the --resume hint; None: a minimal one.
     command: list[str] | None = None
     started: float = field(default_factory=time.time)
+    # A phase of a comparison (stages.compare.Phase): its own folder, the comparison's parent run.
+    within: Any = None
 
     @property
     def effective_address(self) -> str | None:
@@ -119,6 +121,8 @@ class StudyPlan:
 
     @property
     def experiment_name(self) -> str:
+        if self.opts.within is not None:
+            return self.opts.within.experiment_name
         return self.study.name + ("-smoke" if self.opts.smoke else "")
 
     @property
@@ -282,6 +286,8 @@ def run_folder_and_state(study: Study, opts: RunOptions, study_root: Path,
     study's other interrupted runs. --resume takes the latest run whose trials this study as given defines
     (a parallel invocation with another --set is not it); --resume PATH takes that run folder."""
     if not opts.resume:
+        if opts.within is not None:
+            return opts.within.run_folder, {}, []
         stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")
         return study_root / stamp, {}, []
     if isinstance(opts.resume, str):
@@ -310,9 +316,9 @@ def _resumes(state: dict, fingerprint: dict, folder: Path) -> bool:
         return False
 
 
-def run_folders(study_root: Path, smoke: bool = False) -> list[Path]:
+def run_folders(study_root: Path, smoke: bool = False, state_file: str = STATE_FILE) -> list[Path]:
     """The study's run folders with a saved state, newest first (smoke runs and real runs apart)."""
-    found = [p.parent for p in study_root.glob("*/" + STATE_FILE) if p.parent.name.endswith("-smoke") == smoke]
+    found = [p.parent for p in study_root.glob("*/" + state_file) if p.parent.name.endswith("-smoke") == smoke]
     return sorted(found, key=lambda folder: folder.name, reverse=True)
 
 

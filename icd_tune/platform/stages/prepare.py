@@ -158,7 +158,7 @@ def cluster_hosts() -> set[str]:
 
 def create_run_folder(plan: StudyPlan) -> None:
     try:
-        if plan.opts.resume:
+        if plan.opts.resume or plan.opts.within is not None:  # a comparison's phase: inside its claimed folder
             plan.run_folder.mkdir(parents=True, exist_ok=True)  # writability was checked above
         else:
             claim_fresh_folder(plan)

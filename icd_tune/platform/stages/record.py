@@ -67,6 +67,12 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     resolved = plan.run_folder / RESOLVED_STUDY_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
+    result = StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
+                         experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
+                         wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
+                         stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
+    if plan.opts.within is not None:  # a comparison's phase: the comparison records and reports
+        return close_phase(plan, parent, [*paths.values(), resolved], result, log)
     if plan.searching:  # as it stands now; a resumed search logs it again when it ends
         log_search_storage(parent.tracker.client, parent.run_id, plan.run_folder)
     log_importance(parent, paths)
@@ -81,10 +87,20 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
     log(f"runs table:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
     log_links(plan, parent, log)
-    return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
-                       experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                       wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
-                       stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
+    return result
+
+
+def close_phase(plan: StudyPlan, parent: ParentRun, artifacts: list[Path], result: StudyResult,
+                log: Callable[[str], None]) -> StudyResult:
+    """A comparison's phase: its report files on the comparison's parent run, under the phase's name."""
+    for path in artifacts:
+        parent.tracker.client.log_artifact(parent.run_id, str(path), artifact_path=plan.opts.within.name)
+    if result.stop_kind is None:
+        plan.state["status"] = "finished"
+        plan.save_state()
+    log(f"{plan.opts.within.name}: {len(result.trials)} trials in {result.wall_seconds:.0f} s; its report: "
+        f"{plan.run_folder / 'report.txt'}")
+    return result
 
 
 def log_importance(parent: ParentRun, paths: dict[str, Path]) -> None:

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 from ...method.schema import flatten, to_dict
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
@@ -28,6 +28,8 @@ class ParentRun:
     tracker: StudyTracker
     run_id: str
     tags: dict[str, str]  # versions and git commit, on the parent and every child run
+    # A comparison's phase: more tags for each trial's run, from its config (the method it runs).
+    trial_tags: Optional[Callable[[dict], dict[str, str]]] = None
 
     @property
     def experiment_id(self) -> str:
@@ -35,6 +37,8 @@ class ParentRun:
 
 
 def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
+    if plan.opts.within is not None:
+        return join_parent_run(plan)
     tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
     tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric)}
     settings = to_dict(plan.settings)
@@ -57,6 +61,18 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     plan.state["experiment_id"] = tracker.experiment_id
     plan.save_state()
     return ParentRun(tracker, run_id, tags)
+
+
+def join_parent_run(plan: StudyPlan) -> ParentRun:
+    """A comparison's phase: its trial runs hang under the comparison's parent run, tagged with the phase."""
+    within = plan.opts.within
+    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
+    tracker.parent_run_id = within.parent_run_id
+    tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric), **within.tags}
+    plan.state["parent_run_id"] = within.parent_run_id
+    plan.state["experiment_id"] = tracker.experiment_id
+    plan.save_state()
+    return ParentRun(tracker, within.parent_run_id, tags, within.trial_tags)
 
 
 # On the parent and every child run: which protocol produced the numbers, and what was selected on what.

@@ -52,7 +52,8 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
     """Runs the plan's experiments in turn (one, unless --resume added trials) and gathers their results."""
     describe = plan.describer()
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
-                                       log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared))
+                                       log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared),
+                                       trial_tags=parent.trial_tags)
     watch = study_watch(plan, prepared)
     snapshot_when_trials_join()
     trainable = tune.with_resources(

@@ -27,6 +27,9 @@ Trials = Sequence[tuple[str, TrialConfig]]
 
 def check_modes(settings: StudySettings, data: dict) -> None:
     """``mode`` against ``grid``, ``search``, ``baseline`` and ``seeds``: nothing given may be silently unused."""
+    if settings.compare and settings.mode != "compare":
+        raise ConfigError(f"bad value {settings.compare!r}: a compare section is for mode: compare, and this study "
+                          f"is mode: {settings.mode}; remove 'compare' or set mode: compare", "compare")
     if settings.mode == "grid":
         if not settings.grid:
             raise ConfigError("mode: grid needs a grid: at least one factor with levels, e.g. grid: {invariance_weight: "
@@ -35,6 +38,12 @@ def check_modes(settings: StudySettings, data: dict) -> None:
         if data.get("search"):
             raise ConfigError(f"bad value {data['search']!r}: search settings are for mode: search, and this study "
                               f"is mode: grid; remove 'search' or set mode: search", "search")
+        return
+    if settings.mode == "compare":
+        for key in ("grid", "baseline"):
+            if data.get(key) is not None:
+                raise ConfigError(f"bad value {data[key]!r}: a comparison builds its own grid of methods, each "
+                                  f"against compare.reference; remove '{key}'", key)
         return
     if settings.grid:
         raise ConfigError(f"bad value {settings.grid!r}: a grid is for mode: grid, and this study is mode: search "

@@ -20,6 +20,7 @@ from ...method.config import TrialConfig
 from ...method.data import train_size
 from ...method.distillers import get_method
 from ...method.schema import ConfigError, check_keys, coerce, from_dict, join_path, require, suggest, to_dict
+from .compare import build_comparison, compare_methods
 from .checks import check_modes, check_protocol, check_trials, protocol_defaults
 from .settings import STUDY_KEYS, TRIAL_KEYS, StudySettings
 from .files import check_override_key, load_with_extends, parse_override, read_yaml
@@ -48,6 +49,7 @@ class Study:
     raw: dict  # the merged study data, for printing and logging
     overrides: list[str] = field(default_factory=list)  # the --set KEY=VALUE items, as given
     trial_methods: list[str] = field(default_factory=list)  # the methods its trials use, in plan order
+    compare: Any = None  # compare.Comparison under mode compare: its phases are studies of their own
 
     @property
     def name(self) -> str:
@@ -62,6 +64,8 @@ class Study:
         return trial_config(self.base, overrides, seed)
 
     def grid_points(self) -> list[TrialPoint]:
+        if self.compare is not None:
+            return []
         points = []
         for seed in self.settings.seeds:
             for combo in itertools.product(*[f.levels for f in self.factors]) if self.factors else [()]:
@@ -83,6 +87,8 @@ class Study:
         return TrialPoint(name, {}, self.settings.seeds[0], overrides)
 
     def planned_trials(self) -> int:
+        if self.compare is not None:
+            return sum(a.search.planned_trials() for a in self.compare.arms) + 2 * len(self.compare.arms) * len(self.settings.seeds)
         if self.settings.mode == "grid":
             return len(self.grid_points())
         return self.settings.search.num_samples
@@ -145,6 +151,11 @@ def build_study(data: dict, path: Path) -> Study:
     base_plain.pop("seed")
     if others:  # kept for the trials of the methods they belong to; every other trial ignores them
         base_plain["loss"] = {**others, **base_plain["loss"]}
+    if settings.mode == "compare":
+        study = Study(settings, base_plain, [], {}, str(path), data)
+        study.compare = build_comparison(data, path, build_study)
+        study.trial_methods = list(dict.fromkeys(arm.method for arm in study.compare.arms))
+        return study
     factors = _parse_factors(settings.grid, settings, methods) if settings.mode == "grid" else []
     space = _parse_space(settings, path, methods) if settings.mode == "search" else {}
     study = Study(settings, base_plain, factors, space, str(path), data)
@@ -157,7 +168,7 @@ def build_study(data: dict, path: Path) -> Study:
 
 def study_methods(data: dict) -> list[str]:
     """The methods a study file names, at its top and in its grid's levels (their loss keys are allowed)."""
-    found = [data.get("method")]
+    found = [data.get("method"), *compare_methods(data)]
     grid = data.get("grid")
     for spec in grid.values() if isinstance(grid, dict) else ():
         if not isinstance(spec, dict):

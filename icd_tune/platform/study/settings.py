@@ -75,12 +75,14 @@ def is_plain_name(name: object) -> bool:
 class StudySettings:
     name: str = ""
     description: str = ""
-    mode: Literal["grid", "search"] = "grid"
+    mode: Literal["grid", "search", "compare"] = "grid"
     seeds: list[int] = field(default_factory=lambda: [0])
     grid: dict = field(default_factory=dict)
     # A level of the first grid factor, or {factor: level}: the levels compared with it, paired by seed.
     baseline: Any = None
     search: SearchConfig = field(default_factory=SearchConfig)
+    # mode compare: {reference, methods: {label: {method, set, spaces, space}}, allow_unequal_budgets}; study.compare.
+    compare: dict = field(default_factory=dict)
     asha: AshaConfig = field(default_factory=AshaConfig)
     # Under protocol paper both default to test/best_acc1 (study_checks.protocol_defaults).
     metric: str = VAL_ACC1

@@ -181,8 +181,9 @@ class MLflowTrialCallback(tune.Callback):
     """Tune callback: a named child run per trial, metrics per epoch, how it ended."""
 
     def __init__(self, tracker: StudyTracker, describe: Callable[[dict], tuple[str, dict[str, Any]]],
-                 max_epochs: int, tags: dict[str, str], log_students: bool = True, lineage=None):
+                 max_epochs: int, tags: dict[str, str], log_students: bool = True, lineage=None, trial_tags=None):
         self.tracker = tracker
+        self.trial_tags = trial_tags  # trial config -> more tags for its run (a comparison's method), or None
         self.log_students = log_students
         self.lineage = lineage  # lineage.TrialLineage: data set input and teacher tags per new run
         self.ended: list = []  # (trial, snapshots taken when it ended): older checkpoints wait for a later snapshot
@@ -204,8 +205,9 @@ class MLflowTrialCallback(tune.Callback):
             self.earlier = self.tracker.children_by_trial()
         run_id = self.earlier.get(trial.trial_id)
         if run_id is None:
+            extra = self.trial_tags(trial.config) if self.trial_tags else {}
             run = client.create_run(self.tracker.experiment_id, run_name=name, tags={
-                **self.tags, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
+                **self.tags, **extra, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
                 END_TAG: "running"})
             run_id = run.info.run_id
             self.tracker.log_params(run_id, params)
