@@ -88,7 +88,12 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
 
     protocol = study.base.get("protocol", "validation")
     print(f"# protocol {PROTOCOL_TEXT[protocol]}", file=out)
-    if settings.mode == "grid":
+    if study.compare is not None:
+        from .compare_plan import compare_plan_lines
+
+        print("\n".join(compare_plan_lines(study)), file=out)
+        study = study.compare.confirm_study(study.compare.default_best())  # the comparison's teachers and caches
+    elif settings.mode == "grid":
         points = study.grid_points()
         print(f"# trial plan: grid, {len(points)} trials x {epochs} epochs = {len(points) * epochs} trial-epochs"
               + (" at most (ASHA stops some early)" if settings.asha.enabled else ""), file=out)

@@ -46,7 +46,9 @@ class Phase:
 
 def confirm_tags(config: dict) -> dict[str, str]:
     """A confirm trial's method label and whether it runs the tuned or the default configuration."""
-    label = str((config.get("levels") or {}).get("method", ""))
+    from ..study.trials import point_of
+
+    label = str(point_of(config, 0).levels.get("method", ""))
     default = label.endswith(DEFAULT_SUFFIX)
     return {METHOD_TAG: label[:-len(DEFAULT_SUFFIX)] if default else label, CONFIG_TAG: "default" if default else "tuned"}
 
