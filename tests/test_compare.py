@@ -149,6 +149,8 @@ def test_each_method_confirms_its_own_search_best_on_validation(finished_compari
         done = search[search["status"] == "completed"]
         best = done.loc[done["final.val/best_acc1"].idxmax()]
         assert state["best"][label][key] == pytest.approx(best[f"param.{key}"])
+        # Each search tries its method's default first.
+        assert (search[f"param.{key}"] == {"ICD": 0.5, "CRD": 1024}[label]).any()
     confirm = pd.read_parquet(folder / "confirm" / "trials.parquet")
     # Every arm on both seeds: the methods are paired by seed.
     assert confirm.groupby("level.method")["seed"].apply(sorted).to_dict() == {

@@ -29,7 +29,8 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = conso
     if study.compare is not None:  # its phases are studies of their own, each run as below
         from .stages.compare import run_comparison
 
-        return run_comparison(study, opts, run_study, log)
+        with console.quiet(not opts.verbose):  # one third_party.log for all its phases, in its own folder
+            return run_comparison(study, opts, run_study, log)
     plan = resolve_plan(study, opts)
     with console.quiet(not opts.verbose):
         prepared = prepare(plan, log)

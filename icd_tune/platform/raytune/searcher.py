@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from ..metrics import DIVERGED, EPOCH, ERROR, result_step
+from .space import PARAM_PREFIX
 from .ray_internals import (optuna_trial_id, searcher_closed_trials, searcher_study, searcher_trials,
                             set_stored_user_attr, stored_trial)
 from ..study.definition import Study
@@ -138,6 +139,8 @@ def make_searcher(study: Study, storage_url: str, max_epochs: int, warm: WarmSta
     """
     storage = optuna.storages.RDBStorage(storage_url)
     sampler = optuna.samplers.TPESampler(seed=study.settings.search.seed)
+    first = [{PARAM_PREFIX + k: v for k, v in point.items()} for point in study.settings.search.points_to_evaluate]
     return StudyOptunaSearch(metric=study.settings.metric, mode=study.settings.metric_mode, sampler=sampler,
+                             points_to_evaluate=first or None,
                              storage=storage, study_name=study.name, max_epochs=max_epochs,
                              warm_trials=warm.trials if warm else None, warm_source=warm.source if warm else "")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...method.schema import flatten, to_dict
+from ..cli import console
 from ..preflight import StudyRunError
 from ..report.compare import best_overrides, write_compare_report
 from ..study.compare import slug_of
@@ -100,6 +101,7 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     root = Path(opts.results_dir or study.settings.results_dir).expanduser().resolve()
     folder, state = comparison_folder(study, opts, root / study.name)
     state["run_folder"] = str(folder)
+    console.attach_log(folder)
     save = lambda: (folder / COMPARE_STATE).write_text(json.dumps(state, indent=2, default=str))  # noqa: E731
     tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or _env_tracking_uri()
                     or f"sqlite:///{folder.parent / 'mlflow.db'}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...method.schema import ConfigError, check_keys, flatten, join_path, require, to_dict
-from .trials import loss_keys, set_path
+from .trials import in_space, loss_keys, set_path
 
 COMPARE_KEYS = ("methods", "reference", "allow_unequal_budgets")
 METHOD_KEYS = ("method", "set", "spaces", "space", "num_samples", "asha")
@@ -178,7 +178,12 @@ def _arm(data: dict, label: str, entry: Any, path: Path, build) -> Arm:
         search = build(phase, path)
     except ConfigError as err:
         raise ConfigError(f"{err.message} (in the search of {mpath})", err.key_path) from None
-    return Arm(label, method, sets, search, slug_of(label))
+    arm = Arm(label, method, sets, search, slug_of(label))
+    default = arm.default_config()
+    if not search.settings.search.points_to_evaluate and all(in_space(search.space[k], v) for k, v in default.items()):
+        # Every method's search tries its default first: tuning then never starts below where the method stands.
+        search.settings.search.points_to_evaluate = [default]
+    return arm
 
 
 def search_phase_data(data: dict, label: str, method: str, sets: dict, entry: dict, mpath: str) -> dict:

@@ -27,7 +27,7 @@ from .files import check_override_key, load_with_extends, parse_override, read_y
 from ..report.published import check_published
 from .teachers import expand_teachers_dir
 from .method_keys import check_set_loss_keys, other_methods_loss
-from .trials import TrialPoint, keep_own_loss, set_path, short_name, trial_config
+from .trials import TrialPoint, in_space, keep_own_loss, set_path, short_name, trial_config
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice")
 
@@ -267,6 +267,10 @@ def _parse_space(settings: StudySettings, study_path: Path, methods: list[str]) 
         space[key] = _check_param(key, spec, "search.space", methods)
     if not space:
         raise ConfigError("a search needs parameters: list files under search.spaces or write search.space", "search")
+    for i, point in enumerate(settings.search.points_to_evaluate):
+        require(isinstance(point, dict) and set(point) == set(space) and all(in_space(space[k], v) for k, v in point.items()),
+                f"bad value {point!r}: expected a value inside the space for each of its keys {list(space)}",
+                f"search.points_to_evaluate[{i}]")
     return space
 
 

@@ -53,6 +53,13 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def in_space(spec: dict, value: Any) -> bool:
+    """Whether ``value`` lies in a search-space parameter (``definition._check_param``'s form)."""
+    if spec["type"] == "choice":
+        return value in spec["values"]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and spec["low"] <= value <= spec["high"]
+
+
 def expand_arch(data: dict) -> dict:
     """A plain trial dict with ``{arch}`` in its teacher checkpoint replaced by its teacher.arch."""
     teacher = data.get("teacher")
