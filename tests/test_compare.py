@@ -64,6 +64,12 @@ def test_the_shipped_comparisons_give_every_method_the_same_budget_and_its_own_s
         assert [lab for lab, _ in confirm.factors[0].levels] == [
             "ICD", "ICD (default)", "CRD", "CRD (default)", "DKD", "DKD (default)"]
         assert len(confirm.grid_points()) == 6 * 3
+        # Each search tries its default first; where it wins, the confirm phase runs that arm once.
+        assert [arm.search.settings.search.points_to_evaluate for arm in comparison.arms] == [
+            [defaults[arm.label]] for arm in comparison.arms]
+        best = {**comparison.default_best(), "CRD": defaults["CRD"]}
+        assert [lab for lab, _ in comparison.confirm_study(best).factors[0].levels] == [
+            "ICD", "ICD (default)", "CRD", "DKD", "DKD (default)"]
 
 
 @pytest.mark.parametrize("override, key, says", [
@@ -112,11 +118,19 @@ def finished_comparison(tmp_path_factory, ray_session):
                            state=json.loads((folder / "compare_state.json").read_text()))
 
 
+def confirm_arms(finished) -> list[tuple[str, str]]:
+    """(method, tuned or default) of each confirm arm: a method whose search chose its default has one."""
+    methods = {m["label"]: m for m in finished.summary["methods"]}
+    return [(label, config) for label in ("ICD", "CRD") for config in ("tuned", "default")
+            if config == "tuned" or not methods[label]["best_is_default"]]
+
+
 @pytest.mark.slow
 def test_the_comparison_report_holds_every_section(finished_comparison):
     report, summary = finished_comparison.report, finished_comparison.summary
     assert report.startswith("# Comparison compare_tiny: ICD, CRD (reference ICD)")
     assert "Every method was tuned with the same budget: 3 trials x 2 epochs, ASHA grace 1 factor 2" in report
+    assert not finished_comparison.summary["unequal_budgets"]
     for section in ("## Each method tuned and at its default", "## ICD against each method after tuning",
                     "Holm over", "## What tuning chose", "## Trial-epochs spent", "tuning gain, tuned - default"):
         assert section in report, section
@@ -124,13 +138,15 @@ def test_the_comparison_report_holds_every_section(finished_comparison):
     assert set(methods) == {"ICD", "CRD"}
     for m in methods.values():
         assert m["tuned"]["n"] == 2 and m["default"]["n"] == 2  # both seeds, both arms, every trial completed
+        # A search whose best is the default confirms one arm, standing for both.
+        assert m["best_is_default"] == (m["best"] == m["default_config"])
         assert m["tuning_gain"]["diff_n"] == 2 and m["tuning_gain"]["diff_mean"] == pytest.approx(
             m["tuned"]["mean"] - m["default"]["mean"])
         assert m["search"]["trials"] == 3 and m["search"]["failed"] == 0
         # A trial ASHA stopped at its first rung ran 1 epoch of 2.
         search = m["search"]
         assert search["trial_epochs"] == 2 * search["completed"] + search["stopped"] and search["completed"] >= 1
-        assert m["confirm_trial_epochs"] == 2 * 2 * 2
+        assert m["confirm_trial_epochs"] == 2 * 2 * (1 if m["best_is_default"] else 2)
     against = summary["reference_against"]
     assert [r["method"] for r in against] == ["CRD"] and against[0]["diff_n"] == 2
     assert against[0]["diff_mean"] == pytest.approx(methods["ICD"]["tuned"]["mean"] - methods["CRD"]["tuned"]["mean"])
@@ -153,8 +169,9 @@ def test_each_method_confirms_its_own_search_best_on_validation(finished_compari
         assert (search[f"param.{key}"] == {"ICD": 0.5, "CRD": 1024}[label]).any()
     confirm = pd.read_parquet(folder / "confirm" / "trials.parquet")
     # Every arm on both seeds: the methods are paired by seed.
+    arms = confirm_arms(finished_comparison)
     assert confirm.groupby("level.method")["seed"].apply(sorted).to_dict() == {
-        label: [0, 1] for label in ("CRD", "CRD (default)", "ICD", "ICD (default)")}
+        (label if config == "tuned" else f"{label} (default)"): [0, 1] for label, config in arms}
     tuned = confirm[confirm["level.method"] == "CRD"]
     assert (tuned["param.loss.crd_negatives"] == state["best"]["CRD"]["loss.crd_negatives"]).all()
 
@@ -171,11 +188,12 @@ def test_one_parent_run_with_every_trial_tagged_by_phase_and_method(finished_com
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["icd_tune.phase"] == "comparison"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3 + 3 + 8 and all(r.info.status == "FINISHED" for r in children)
+    arms = confirm_arms(finished_comparison)
+    assert len(children) == 3 + 3 + 2 * len(arms) and all(r.info.status == "FINISHED" for r in children)
     tags = sorted((r.data.tags["icd_tune.phase"], r.data.tags["icd_tune.method"], r.data.tags.get("icd_tune.config", ""))
                   for r in children)
     assert tags == sorted([("search", "ICD", "")] * 3 + [("search", "CRD", "")] * 3
-                          + [("confirm", m, c) for m in ("ICD", "CRD") for c in ("tuned", "default")] * 2)
+                          + [("confirm", m, c) for m, c in arms] * 2)
     for child in children:  # each runs its own method
         assert child.data.params["method"] == child.data.tags["icd_tune.method"].lower()
     assert parent.data.metrics["compare/ICD/tuned_mean"] == pytest.approx(

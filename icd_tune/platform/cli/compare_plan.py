@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def arm_points(confirm, arm) -> list:
+    """The confirm points of one method, tuned and default (its tuned points stand in for a default coinciding)."""
+    points = [p for p in confirm.grid_points() if p.levels["method"] in (arm.label, arm.default_label)]
+    tuned = [p for p in points if p.levels["method"] == arm.label]
+    return points if len(points) > len(tuned) else tuned * 2
+
+
 def compare_plan_lines(study) -> list[str]:
     from ..report.gpu_estimate import BASIS, trial_hours
 
@@ -27,13 +34,14 @@ def compare_plan_lines(study) -> list[str]:
                      f"{epochs} trial-epochs ({arm.method}; {how} step time)")
         lines += [f"#     {key}: {spec}" for key, spec in search.space.items()]
     confirm = comparison.confirm_study(comparison.default_best())
-    points = confirm.grid_points()
+    points = [p for arm in comparison.arms for p in arm_points(confirm, arm)]
     confirm_epochs = len(points) * confirm.epochs
     for point in points:
         _, hours, _ = trial_hours(confirm.trial_config(point.overrides, point.seed))
         low, high = low + hours[0], high + hours[1]
     lines.append(f"#   confirm: {len(comparison.arms)} methods x (tuned, default) x {len(seeds)} seed(s) = "
-                 f"{len(points)} trials x {confirm.epochs} epochs = {confirm_epochs} trial-epochs")
+                 f"{len(points)} trials x {confirm.epochs} epochs = {confirm_epochs} trial-epochs at most (one arm "
+                 f"where a search's best is its default)")
     lines.append(f"# budget: at most {search_epochs + confirm_epochs} trial-epochs ({search_epochs} search, "
                  f"{confirm_epochs} confirm); ASHA stops some search trials early")
     lines.append(f"# GPU-hours estimate: at most {low:.0f} to {high:.0f} GPU-hours, one trial per H200-class GPU")

@@ -67,6 +67,8 @@ def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping])
     for arm in comparison.arms:
         search = phases.get(f"search-{arm.slug}", {}).get("trials", [])
         tuned, default = _arm_trials(confirm, arm.label)
+        same = not default  # the search's best was the default: one arm stands for both
+        default = default or tuned
         t_mean, t_std = _mean_std(_values(tuned, metric))
         d_mean, d_std = _mean_std(_values(default, metric))
         ranked = best_configurations(search, arm.search.settings.metric, arm.search.settings.metric_mode, top=1)
@@ -74,14 +76,14 @@ def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping])
             "label": arm.label, "method": arm.method, "budget": arm.budget(),
             "tuned": {"mean": t_mean, "std": t_std, "n": len(_values(tuned, metric)), "trials": len(tuned)},
             "default": {"mean": d_mean, "std": d_std, "n": len(_values(default, metric)), "trials": len(default)},
-            "tuning_gain": _paired_diff(tuned, default, metric),
+            "tuning_gain": _paired_diff(tuned, default, metric), "best_is_default": same,
             "best": dict(best.get(arm.label, {})),
             "default_config": arm.default_config(),
             "best_search_value": ranked[0]["value"] if ranked else None,
             "search": {"trials": len(search), "completed": sum(t.get("status") == "completed" for t in search),
                        "stopped": sum(t.get("status") == "stopped" for t in search),
                        "failed": sum(_failed(t) for t in search), "trial_epochs": _epochs(search)},
-            "confirm_trial_epochs": _epochs(tuned) + _epochs(default),
+            "confirm_trial_epochs": _epochs(tuned) + (0 if same else _epochs(default)),
         })
     ref_tuned, _ = _arm_trials(confirm, comparison.reference)
     against = []
@@ -128,7 +130,8 @@ def render_compare(summary: Mapping) -> str:
     rows = [[m["label"] + (" (reference)" if m["label"] == ref else ""),
              fmt_mean_std(m["tuned"]["mean"], m["tuned"]["std"], m["tuned"]["n"], m["tuned"]["trials"]),
              fmt_mean_std(m["default"]["mean"], m["default"]["std"], m["default"]["n"], m["default"]["trials"]),
-             _diff_text(m["tuning_gain"]), _fmt_num(m["best_search_value"])] for m in methods]
+             "0 (the search's best is the default)" if m["best_is_default"] else _diff_text(m["tuning_gain"]),
+             _fmt_num(m["best_search_value"])] for m in methods]
     lines += ["## Each method tuned and at its default", "",
               md_table(["method", "tuned", "default", "tuning gain, tuned - default [95% CI]",
                         f"best {summary['selection_metric']} in search"], rows, [False, True, True, False, True]), ""]

@@ -59,6 +59,10 @@ class Arm:
         flat = flatten(to_dict(self.search.trial_config({}, self.search.settings.seeds[0])))
         return {key: flat.get(key) for key in self.search.space}
 
+    def is_default(self, overrides: dict[str, Any]) -> bool:
+        """Whether ``overrides`` (a search's best) leave every searched key at the method's default."""
+        return all(overrides.get(k, v) == v for k, v in self.default_config().items())
+
     def describe_budget(self) -> str:
         b = self.budget()
         asha = b["asha"]
@@ -92,11 +96,16 @@ class Comparison:
         return sum(a.search.planned_trials() * a.search.max_epochs() for a in self.arms)
 
     def confirm_study(self, best: dict[str, dict[str, Any]]):
-        """The confirm grid: per method its ``best`` overrides and its default, over every seed."""
+        """The confirm grid: per method its ``best`` overrides and its default, over every seed.
+
+        A search whose best is the default (it tries the default first) confirms one arm: the same
+        configuration twice would train the same trials twice.
+        """
         levels = []
         for arm in self.arms:
             levels.append({"label": arm.label, "set": {**arm.sets, **best[arm.label]}})
-            levels.append({"label": arm.default_label, "set": dict(arm.sets)})
+            if not arm.is_default(best[arm.label]):
+                levels.append({"label": arm.default_label, "set": dict(arm.sets)})
         data = {k: copy.deepcopy(v) for k, v in self.data.items() if k not in ("compare", "search", "asha")}
         data.update(name=f"{self.name}-confirm", mode="grid", grid={"method": {"levels": levels}},
                     baseline=self.reference, seeds=list(self.seeds))
