@@ -39,7 +39,8 @@ def best_overrides(trials: Sequence[Mapping], search) -> dict[str, Any]:
     ranked = (best_configurations(trials, settings.metric, settings.metric_mode, top=1, statuses=("completed",))
               or best_configurations(trials, settings.metric, settings.metric_mode, top=1))
     if not ranked:
-        raise ValueError(f"no trial of {search.name} reported {settings.metric}: nothing to confirm")
+        failed = sum(_failed(t) for t in trials)
+        raise ValueError(f"no trial of {search.name} reported {settings.metric} ({failed} of {len(trials)} failed)")
     params = ranked[0]["params"]
     return {key: params[key] for key in search.space if key in params}
 

@@ -54,9 +54,17 @@ def confirm_tags(config: dict) -> dict[str, str]:
     return {METHOD_TAG: label[:-len(DEFAULT_SUFFIX)] if default else label, CONFIG_TAG: "default" if default else "tuned"}
 
 
+# Where and how fast a comparison runs, not what it compares: free to change between a run and its --resume.
+PLACEMENT_SETTINGS = frozenset({"description", "results_dir", "max_concurrent", "cpus_per_trial", "gpus_per_trial",
+                                "min_free_gb", "log_students", "system_metrics"})
+
+
 def comparison_fingerprint(study, smoke: bool) -> str:
-    resolved = resolved_study(study)
-    resolved.pop("description", None)
+    """What defines a comparison's trials: its resolved study, placement left out."""
+    from ..study.trials import PLACEMENT_KEYS
+
+    resolved = {k: v for k, v in flatten(resolved_study(study)).items()
+                if k not in PLACEMENT_KEYS and k not in PLACEMENT_SETTINGS}
     return hashlib.sha256(json.dumps([resolved, smoke], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -143,8 +151,15 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
             phases[name] = phase(name, arm.search, {PHASE_TAG: SEARCH, METHOD_TAG: arm.label})
             if phases[name]["status"] != "finished":
                 return _cut_short(state, phases, tracker, parent_id, END_TAG)
-    best = ({arm.label: {} for arm in comparison.arms} if opts.smoke else
-            {arm.label: best_overrides(phases[f"{SEARCH}-{arm.slug}"]["trials"], arm.search) for arm in comparison.arms})
+    try:
+        best = ({arm.label: {} for arm in comparison.arms} if opts.smoke else
+                {arm.label: best_overrides(phases[f"{SEARCH}-{arm.slug}"]["trials"], arm.search)
+                 for arm in comparison.arms})
+    except ValueError as err:  # a search none of whose trials reported its metric (all failed): nothing to confirm
+        log(f"error: {err}; the comparison stops before its confirm phase (the searches' reports say why)")
+        tracker.client.set_tag(parent_id, END_TAG, "failed: a search has no trial to confirm")
+        tracker.end(parent_id, "FAILED")
+        return _result(state, phases, "")
     state["best"] = best
     confirm = comparison.smoke_study() if opts.smoke else comparison.confirm_study(best)
     phases[CONFIRM] = phase(CONFIRM, confirm, {PHASE_TAG: CONFIRM}, confirm_tags)
