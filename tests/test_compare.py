@@ -1,8 +1,9 @@
 """mode: compare: each method tuned with the same budget, then its best and its default retrained on the same seeds.
 
 One tiny digits comparison (2 methods, 3 trials each, 2 epochs of at most 3 steps, 2 seeds) runs end to end
-through Ray Tune, Optuna, ASHA and MLflow, shared by the slow tests below, which only read it (the resume test
-runs it again without --set changes: nothing may be trained again). The refusals run nothing.
+through Ray Tune, Optuna, ASHA and MLflow: cut short by a time budget in its first search, then resumed to the
+end. It is shared by the slow tests below, which only read it (the last one resumes it again: nothing may be
+trained again). The refusals run nothing.
 """
 
 import json
@@ -109,9 +110,13 @@ def finished_comparison(tmp_path_factory, ray_session):
     work = tmp_path_factory.mktemp("compare")
     path = tiny_file(work)
     argv = [str(path), "--set", METHODS]
-    code = main(argv)
-    assert code == 0
-    folder = next((work / "results" / "compare_tiny").glob("2*"))
+    # Cut short by the time budget in its first search (exit 4), then resumed to the end in the same folder.
+    assert main([*argv, "--time-budget", "1s"]) == 4
+    (folder,) = (work / "results" / "compare_tiny").glob("2*")
+    cut = json.loads((folder / "compare_state.json").read_text())
+    assert cut["status"] == "running" and cut["phases"]["search-ICD"]["stop_kind"] == "time budget"
+    assert main([*argv, "--resume"]) == 0
+    assert list((work / "results" / "compare_tiny").glob("2*")) == [folder]
     return SimpleNamespace(work=work, argv=argv, folder=folder,
                            summary=json.loads((folder / "compare.json").read_text()),
                            report=(folder / "compare_report.txt").read_text(),
@@ -223,3 +228,17 @@ def test_a_resumed_comparison_never_runs_a_finished_phase_again_nor_another_defi
     assert len(client.search_runs([state["experiment_id"]])) == before
     again = json.loads((finished_comparison.folder / "compare.json").read_text())
     assert again["methods"] == finished_comparison.summary["methods"]
+
+
+def test_a_search_point_to_evaluate_must_lie_in_its_space(tiny_study, capsys):
+    path = tiny_study("first_points", """
+    mode: search
+    search:
+      space: {loss.invariance_weight: {type: uniform, low: 0.0, high: 1.0}}
+      num_samples: 2
+      points_to_evaluate: [{loss.invariance_weight: 0.5}]
+    """)
+    assert load_study(path).settings.search.points_to_evaluate == [{"loss.invariance_weight": 0.5}]
+    for bad in ("[{loss.invariance_weight: 2.0}]", "[{loss.kd_weight: 0.5}]"):
+        code, _, err = run_main([path, "--dry-run", "--set", f"search.points_to_evaluate={bad}"], capsys)
+        assert code == 2 and "key 'search.points_to_evaluate[0]'" in err and "inside the space" in err, err
