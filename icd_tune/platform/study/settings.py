@@ -45,7 +45,7 @@ class SearchConfig:
     # An earlier search's run folder, optuna.db or Optuna storage URL: its finished trials seed this one.
     warm_start: Optional[str] = None
     # Configurations ({dotted key: value} over the space's keys) the search evaluates first, e.g. the defaults.
-    points_to_evaluate: list = field(default_factory=list)
+    points_to_evaluate: list[dict] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
         require(self.num_samples >= 1, f"bad value {self.num_samples!r}: expected at least 1 sample", join_path(path, "num_samples"))
