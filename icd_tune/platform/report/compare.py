@@ -59,7 +59,7 @@ def _epochs(trials: Sequence[Mapping]) -> int:
     return int(sum(t.get("epochs") or 0 for t in trials))
 
 
-def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping]) -> dict:
+def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping], smoke: bool = False) -> dict:
     """The comparison's numbers: per method tuned/default, the reference's paired differences (Holm), costs."""
     comparison, settings = study.compare, study.settings
     metric = settings.report_metric
@@ -97,7 +97,8 @@ def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping])
         row["p_holm"], row["holm_m"] = adjusted, len(family)
     return {"study": study.name, "reference": comparison.reference, "metric": metric,
             "selection_metric": settings.metric, "seeds": list(comparison.seeds),
-            "unequal_budgets": comparison.unequal_budgets(), "methods": methods, "reference_against": against}
+            "unequal_budgets": comparison.unequal_budgets(), "methods": methods, "reference_against": against,
+            "smoke": smoke}
 
 
 def _config_text(config: Mapping[str, Any]) -> str:
@@ -118,12 +119,15 @@ def render_compare(summary: Mapping) -> str:
     ref, metric = summary["reference"], summary["metric"]
     methods = summary["methods"]
     lines = []
-    if summary["unequal_budgets"]:
+    if summary.get("smoke"):
+        lines.append("SMOKE RUN: no search ran; each method's default trained once, briefly, on this machine. These "
+                     "numbers check the pipeline and say nothing about the methods.")
+    elif summary["unequal_budgets"]:
         lines.append("UNEQUAL TUNING BUDGETS (compare.allow_unequal_budgets: true): the methods were not tuned "
                      "alike, so their differences mix method and budget: "
                      + "; ".join(f"{m['label']} {_budget_text(m['budget'])}" for m in methods))
     lines += [f"# Comparison {summary['study']}: {', '.join(m['label'] for m in methods)} (reference {ref})", ""]
-    if not summary["unequal_budgets"]:
+    if not summary["unequal_budgets"] and not summary.get("smoke"):
         lines.append(f"Every method was tuned with the same budget: {_budget_text(methods[0]['budget'])}, "
                      f"Optuna on {summary['selection_metric']}; then its best configuration and its default were "
                      f"retrained on seeds {', '.join(str(s) for s in summary['seeds'])}.")
@@ -188,9 +192,10 @@ def plot_compare(summary: Mapping, path: Path) -> Path:
     return path
 
 
-def write_compare_report(folder: Path, study, phases: Mapping[str, Mapping], best: Mapping) -> dict[str, Any]:
+def write_compare_report(folder: Path, study, phases: Mapping[str, Mapping], best: Mapping,
+                         smoke: bool = False) -> dict[str, Any]:
     """Writes compare_report.txt, compare.json and compare.png into ``folder``; returns the summary and paths."""
-    summary = summarise(study, phases, best)
+    summary = summarise(study, phases, best, smoke)
     text = render_compare(summary)
     paths = {COMPARE_REPORT: folder / COMPARE_REPORT, COMPARE_JSON: folder / COMPARE_JSON}
     paths[COMPARE_REPORT].write_text(text, encoding="utf-8")

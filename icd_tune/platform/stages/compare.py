@@ -165,7 +165,7 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     phases[CONFIRM] = phase(CONFIRM, confirm, {PHASE_TAG: CONFIRM}, confirm_tags)
     if phases[CONFIRM]["status"] != "finished":
         return _cut_short(state, phases, tracker, parent_id, END_TAG)
-    written = write_compare_report(folder, study, phases, best)
+    written = write_compare_report(folder, study, phases, best, smoke=opts.smoke)
     record_comparison(tracker, parent_id, written, study, tracking_uri, log)
     log(f"results: {folder}")
     tracker.client.set_tag(parent_id, END_TAG, f"{sum(len(p['trials']) for p in phases.values())} trials")
