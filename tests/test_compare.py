@@ -242,3 +242,41 @@ def test_a_search_point_to_evaluate_must_lie_in_its_space(tiny_study, capsys):
     for bad in ("[{loss.invariance_weight: 2.0}]", "[{loss.kd_weight: 0.5}]"):
         code, _, err = run_main([path, "--dry-run", "--set", f"search.points_to_evaluate={bad}"], capsys)
         assert code == 2 and "key 'search.points_to_evaluate[0]'" in err and "inside the space" in err, err
+
+
+def _record(label, seed, test, val=90.0, status="completed", epochs=5, params=None):
+    return {"name": f"method={label} seed={seed}", "levels": {"method": label} if label else {}, "seed": seed,
+            "status": status, "epochs": epochs, "params": params or {},
+            "final": {"test/acc1_at_best_val": test, "val/best_acc1": val, "val/acc1": val}}
+
+
+def test_the_report_pairs_by_seed_adjusts_over_the_comparisons_and_flags_unequal_budgets():
+    from icd_tune.platform.report.compare import render_compare, summarise
+
+    study = load_study(DIGITS, ["compare.methods.CRD.num_samples=4", "compare.allow_unequal_budgets=true"])
+    comparison = study.compare
+    tuned = {"ICD": [93.0, 94.0, 95.5], "CRD": [91.0, 92.5, 93.0], "DKD": [92.0, 94.5, 94.0]}
+    default = {"ICD": [92.0, 93.5, 94.0], "CRD": [89.0, 90.0, 91.5], "DKD": [92.5, 93.0, 95.0]}
+    confirm = [_record(label, s, v) for label, vs in tuned.items() for s, v in enumerate(vs)]
+    confirm += [_record(f"{label} (default)", s, v) for label, vs in default.items() for s, v in enumerate(vs)]
+    phases = {"confirm": {"trials": confirm}}
+    for arm in comparison.arms:
+        phases[f"search-{arm.slug}"] = {"trials": [_record(None, 0, 90.0, val=80.0 + i, epochs=5 if i else 2,
+                                                            status="completed" if i else "stopped")
+                                                    for i in range(arm.search.planned_trials())]}
+    best = {arm.label: {} for arm in comparison.arms}
+    summary = summarise(study, phases, best)
+    text = render_compare(summary)
+    assert text.startswith("UNEQUAL TUNING BUDGETS (compare.allow_unequal_budgets: true)")
+    assert "CRD 4 trials x 5 epochs" in text.splitlines()[0]
+    rows = {r["method"]: r for r in summary["reference_against"]}
+    assert rows["CRD"]["diff_mean"] == pytest.approx(sum(a - b for a, b in zip(tuned["ICD"], tuned["CRD"])) / 3)
+    assert rows["CRD"]["diff_n"] == 3 and rows["CRD"]["holm_m"] == 2
+    # Holm: the smaller p is doubled, the larger kept at least as large.
+    small, large = sorted([rows["CRD"], rows["DKD"]], key=lambda r: r["p_value"])
+    assert small["p_holm"] == pytest.approx(min(1.0, 2 * small["p_value"]))
+    assert large["p_holm"] == pytest.approx(max(small["p_holm"], large["p_value"]))
+    methods = {m["label"]: m for m in summary["methods"]}
+    assert methods["CRD"]["tuning_gain"]["diff_mean"] == pytest.approx(2.0)
+    assert methods["CRD"]["search"] == {"trials": 4, "completed": 3, "stopped": 1, "failed": 0, "trial_epochs": 17}
+    assert "Holm over 2 comparison(s)" in text and "| CRD    |             4 |" in text
