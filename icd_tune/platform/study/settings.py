@@ -73,7 +73,7 @@ class TrackingSettings:
     # MLflow's own retries of one request and its timeout (MLFLOW_HTTP_REQUEST_MAX_RETRIES, ..._TIMEOUT), set for
     # the study's calls in place of MLflow's 7 retries and 120 s, which block the trials' loop for minutes.
     request_retries: int = 2
-    request_timeout: float = 20.0
+    request_timeout: int = 20  # whole seconds, as MLflow reads it
 
     def validate(self, path: str) -> None:
         for name in ("outage_timeout", "request_timeout"):

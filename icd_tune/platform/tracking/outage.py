@@ -37,7 +37,7 @@ def client_limits(settings):
     MLflow reads these environment variables at each request; its defaults (7 retries, backoff factor 2,
     120 s) make one call to a server that is down take about four minutes.
     """
-    wanted = {RETRIES_ENV: str(settings.request_retries), TIMEOUT_ENV: str(settings.request_timeout),
+    wanted = {RETRIES_ENV: str(settings.request_retries), TIMEOUT_ENV: str(int(settings.request_timeout)),
               BACKOFF_ENV: "1"}
     before = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
