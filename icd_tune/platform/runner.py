@@ -13,7 +13,9 @@ from .stages.prepare import prepare
 from .stages.record import record_and_report
 from .stages.track import open_parent_run
 from .raytune.space import search_domains
+from .stages.sync import sync_tracking, tracking_incomplete
 from .stages.tune import tune_trials
+from .tracking.outage import client_limits
 from .study.definition import Study
 from .raytune.trainable import icd_trainable
 
@@ -29,10 +31,15 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = conso
     if study.compare is not None:  # its phases are studies of their own, each run as below
         from .stages.compare import run_comparison
 
-        with console.quiet(not opts.verbose):  # one third_party.log for all its phases, in its own folder
+        with client_limits(study.settings.tracking), console.quiet(not opts.verbose):  # one log for all phases
             return run_comparison(study, opts, run_study, log)
     plan = resolve_plan(study, opts)
-    with console.quiet(not opts.verbose):
+    with client_limits(study.settings.tracking), console.quiet(not opts.verbose):
+        # A run whose records did not all reach MLflow: filled from its folder first (a finished one: only that).
+        if opts.within is None and (opts.sync_tracking or (opts.resume and tracking_incomplete(plan.state))):
+            synced = sync_tracking(plan, log)
+            if opts.sync_tracking or plan.state.get("status") == "finished":
+                return synced
         prepared = prepare(plan, log)
         parent = open_parent_run(plan, prepared)
         outcome = tune_trials(plan, prepared, parent, log)

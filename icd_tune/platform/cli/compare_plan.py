@@ -15,7 +15,7 @@ def compare_plan_lines(study) -> list[str]:
 
     comparison = study.compare
     seeds = study.settings.seeds
-    lines = [f"# comparison of {len(comparison.arms)} methods, reference {comparison.reference}: each tuned by "
+    lines = [f"# trial plan: comparison of {len(comparison.arms)} methods, reference {comparison.reference}: each tuned by "
              f"its own Optuna search on {study.settings.metric} ({study.settings.metric_mode}), then its best "
              f"configuration and its default retrained on seeds {', '.join(str(s) for s in seeds)}"]
     if comparison.unequal_budgets():

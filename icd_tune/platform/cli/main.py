@@ -12,6 +12,7 @@ import yaml
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 EXIT_TIME_BUDGET, EXIT_PENDING_TIMEOUT, EXIT_SIGINT, EXIT_SIGTERM = 4, 5, 130, 143
+EXIT_TRACKING_INCOMPLETE = 6
 
 EXIT_STATUS_TABLE = """exit status:
   0    every trial completed or was stopped early by the scheduler (ASHA); also --dry-run
@@ -22,6 +23,10 @@ EXIT_STATUS_TABLE = """exit status:
   4    cut short: the --time-budget was spent (resume with --resume)
   5    gave up waiting for resources (--pending-timeout); before the trials started nothing is
        written, after it the run can be resumed with --resume
+  6    the study finished and wrote its report, but the MLflow tracking server stayed unreachable past
+       --tracking-wait (tracking.outage_timeout): MLflow's records are incomplete; fill them from the run
+       folder with the printed --sync-tracking command (or --resume). It wins over 1 and 3 (the last
+       line counts the failed trials); 4, 5, 130 and 143 win over it (their --resume also fills MLflow)
   130  interrupted by SIGINT (Ctrl+C); 143 by SIGTERM (resume with --resume)"""
 
 
@@ -46,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                       help="continue this study's latest run whose trials it defines as given (another --set makes "
                            "another study), or the run folder PATH")
+    mode.add_argument("--sync-tracking", nargs="?", const=True, default=False, metavar="PATH",
+                      help="run nothing: fill MLflow from the run folder (the latest run, as --resume finds it, or "
+                           "PATH) after the tracking server was away (exit status 6); nothing is logged twice")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, value parsed as YAML, e.g. --set loss.invariance_weight=0.5 (repeatable)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
@@ -65,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoscaling", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the cluster adds nodes on demand (wait for them) or not (refuse requests no node "
                         "meets); default: detected from Ray's autoscaler")
+    p.add_argument("--tracking-wait", type=duration, metavar="DURATION",
+                   help="how long an unreachable MLflow tracking server is waited for while the trials go on, e.g. "
+                        "10m (default: the study's tracking.outage_timeout, 30m); then the study finishes without "
+                        "it and exits 6")
     p.add_argument("--allow-failed-trials", action="store_true",
                    help="exit 0 when some (not all) trials failed")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -231,7 +243,8 @@ def run(args, argv: list[str], study) -> int:
     from ..runner import RunOptions, StudyRunError, run_study
     from ..raytune.watchdog import Terminated, raise_terminated
 
-    opts = RunOptions(smoke=args.smoke, resume=args.resume, address=args.address, storage=args.storage,
+    opts = RunOptions(smoke=args.smoke, resume=args.resume or args.sync_tracking, sync_tracking=bool(args.sync_tracking),
+                      tracking_wait_s=args.tracking_wait, address=args.address, storage=args.storage,
                       tracking_uri=args.tracking_uri, data_dir=args.data_dir, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, verbose=args.verbose,
                       results_dir=args.results_dir, time_budget_s=args.time_budget,
@@ -271,12 +284,19 @@ def exit_status(result: dict, allow_failed: bool = False) -> tuple[int, str | No
     trials = result["trials"]
     failed = [t for t in trials if t["status"] == "failed"]
     first = f"'{failed[0]['name']}': {failed[0]['error']}" if failed else ""
-    if result.get("stop_kind"):
+    if result.get("stop_kind"):  # before 6: the --resume it asks for also fills MLflow
         code = {TIME_BUDGET: EXIT_TIME_BUDGET, PENDING: EXIT_PENDING_TIMEOUT, SIGINT: EXIT_SIGINT,
                 SIGTERM: EXIT_SIGTERM}[result["stop_kind"]]
         done = sum(t["status"] in ("completed", "stopped") for t in trials)
         return code, (f"error: cut short ({result['stop_kind']}): {result['stop_reason']}; {done} of {len(trials)} "
-                      f"trials ended, {len(failed)} failed; continue with: {result['resume_command']}")
+                      f"trials ended, {len(failed)} failed; continue with: {result['resume_command']}"
+                      + ("; MLflow's records are incomplete until then (the tracking server went away)"
+                         if result.get("tracking_incomplete") else ""))
+    if result.get("tracking_incomplete"):
+        return EXIT_TRACKING_INCOMPLETE, (
+            f"error: the study finished ({len(trials)} trials, {len(failed)} failed; report in {result['run_folder']}), "
+            f"but the tracking server stayed unreachable: MLflow's records are incomplete; with the server up, fill "
+            f"them with: {result['sync_command']}")
     if trials and len(failed) == len(trials):
         return EXIT_ALL_FAILED, f"error: all {len(trials)} trials failed; the first failure, {first}"
     if failed:

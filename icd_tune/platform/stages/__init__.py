@@ -6,6 +6,7 @@
     tune     (tune.py)     the trials on Ray Tune: grid or Optuna, ASHA, callbacks, restore
     record   (record.py)   trial records, report files, the parent run's summary
 
-``icd_tune.platform.runner.run_study`` runs them one after the other. Planning
+``icd_tune.platform.runner.run_study`` runs them one after the other; ``sync.py``
+(``--sync-tracking``) fills MLflow from a run folder whose records did not all reach it. Planning
 needs no Ray; neither does the cache decision of the prepare stage.
 """

@@ -106,6 +106,10 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     from ..tracking.runs import END_TAG, STUDY_RUN_TAG, StudyTracker, common_tags
 
     comparison = study.compare
+    if getattr(opts, "sync_tracking", False):
+        raise StudyRunError("--sync-tracking fills one study's MLflow records from its run folder; a comparison's "
+                            "phases cannot be filled that way yet (their reports and records in the run folder are "
+                            "complete)")
     root = Path(opts.results_dir or study.settings.results_dir).expanduser().resolve()
     folder, state = comparison_folder(study, opts, root / study.name)
     state["run_folder"] = str(folder)
@@ -139,7 +143,8 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
                                                             tracking_uri=tracking_uri, command=command))
         record = {"status": "cut short" if result.get("stop_kind") else "finished", "trials": result["trials"],
                   "run_folder": str(sub), "stop_kind": result.get("stop_kind"),
-                  "stop_reason": result.get("stop_reason"), "resume_command": result.get("resume_command")}
+                  "stop_reason": result.get("stop_reason"), "resume_command": result.get("resume_command"),
+                  "tracking_incomplete": bool(result.get("tracking_incomplete"))}
         state["phases"][name] = record
         save()
         return record
@@ -219,10 +224,14 @@ def _env_tracking_uri() -> str | None:
 def _result(state: dict, phases: dict, report: str, stop: dict | None = None) -> dict:
     trials = [t for p in phases.values() for t in p["trials"]]
     stop = stop or {}
+    incomplete = any(p.get("tracking_incomplete") for p in phases.values())
     return {"run_folder": state.get("run_folder"), "trials": trials, "history": [], "report": report,
             "tracking_uri": state["tracking_uri"], "experiment_id": state["experiment_id"],
             "parent_run_id": state["parent_run_id"], "wall_seconds": None, "stop_kind": stop.get("stop_kind"),
-            "stop_reason": stop.get("stop_reason"), "resume_command": stop.get("resume_command")}
+            "stop_reason": stop.get("stop_reason"), "resume_command": stop.get("resume_command"),
+            "tracking_incomplete": incomplete,
+            "sync_command": "nothing yet for a comparison (its phases' reports and records in the run folder are "
+                            "complete; MLflow keeps what reached it)" if incomplete else None}
 
 
 def _cut_short(state: dict, phases: dict, tracker, parent_id: str, end_tag: str) -> dict:

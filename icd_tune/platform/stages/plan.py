@@ -64,6 +64,10 @@ class RunOptions:
     pending_timeout_s: float | None = None
     # Whether the cluster adds nodes on demand; None detects it from Ray's autoscaler state.
     autoscaling: bool | None = None
+    # Seconds an unreachable tracking server is waited for (--tracking-wait); None: the study's tracking.outage_timeout.
+    tracking_wait_s: float | None = None
+    # Fill MLflow from the run folder (resume names it) and run nothing (--sync-tracking).
+    sync_tracking: bool = False
     # The command line that started the run, for the --resume hint; None: a minimal one.
     command: list[str] | None = None
     started: float = field(default_factory=time.time)
@@ -178,6 +182,19 @@ class StudyPlan:
     def save_state(self) -> None:
         (self.run_folder / STATE_FILE).write_text(json.dumps(self.state, indent=2))
 
+    def sync_command(self) -> str:
+        """The command that fills MLflow from this run's folder: the one that started it, --resume dropped."""
+        args, skip = [], False
+        for arg in list(self.opts.command or [self.study.source]):
+            if skip and not arg.startswith("-") and (Path(arg) / STATE_FILE).exists():
+                skip = False
+                continue
+            skip = arg in ("--resume", "--sync-tracking")
+            if not (skip or arg.startswith(("--resume=", "--sync-tracking="))):
+                args.append(arg)
+        args += ["--sync-tracking", str(self.run_folder)]
+        return " ".join(["python run_ablation.py", *(shlex.quote(a) for a in args)])
+
     def resume_command(self) -> str:
         args = list(self.opts.command) if self.opts.command else [self.study.source]
         if "--resume" not in args:
@@ -244,6 +261,11 @@ def record_fingerprint(plan: StudyPlan, fingerprint: dict) -> None:
     notes, added = check_resume(plan.state.get(FINGERPRINT_KEY), fingerprint, plan.run_folder)
     plan.notes += notes
     plan.state.setdefault(FINGERPRINT_KEY, fingerprint)
+    if plan.opts.sync_tracking:
+        if added:
+            raise StudyRunError(f"--sync-tracking records the run as it ran; this study adds {len(added)} trial(s) "
+                                f"({listed(added)}): sync with the study as given then, and add them with --resume")
+        return
     plan.state.setdefault("resumed", []).append(code_version())
     if added:
         record_additions(plan, fingerprint, added)

@@ -22,7 +22,7 @@ from ..tracking.links import COMPARE_URL_TAG, compare_link, optuna_dashboard_com
 from ..tracking.runs import ui_command, ui_runs_url
 from ..study.trials import TrialDescriber, point_of
 from .plan import StudyPlan
-from .run_files import RESOLVED_STUDY_FILE
+from .run_files import RESOLVED_STUDY_FILE, TRACKING_KEY
 from .track import ParentRun, close_with_summary
 from .tune import TuneOutcome
 
@@ -42,6 +42,8 @@ class StudyResult:
     stop_kind: str | None = None  # why the run ended early (see TuneOutcome); None: every trial ended
     stop_reason: str | None = None
     resume_command: str | None = None
+    tracking_incomplete: bool = False  # the tracking server went away for longer than the wait's bound
+    sync_command: str | None = None  # the command that fills MLflow from the run folder then
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -67,40 +69,57 @@ def record_and_report(plan: StudyPlan, parent: ParentRun, outcome: TuneOutcome,
     resolved = plan.run_folder / RESOLVED_STUDY_FILE
     resolved.write_text(json.dumps(dataclasses.asdict(plan.run_settings()) | {"defaults": plan.base}, indent=2,
                                    default=str))
-    result = StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
-                         experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                         wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
-                         stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None)
-    if plan.opts.within is not None:  # a comparison's phase: the comparison records and reports
-        return close_phase(plan, parent, [*paths.values(), resolved], result, log)
-    if plan.searching:  # as it stands now; a resumed search logs it again when it ends
-        log_search_storage(parent.tracker.client, parent.run_id, plan.run_folder)
-    log_importance(parent, paths)
+    paths = {**paths, RESOLVED_STUDY_FILE: resolved}
+    plan.state[TRACKING_KEY] = {"complete": True, "wall_seconds": outcome.wall_seconds, "stop_kind": outcome.stop_kind,
+                                "stop_reason": outcome.stop_reason, "files": [p.name for p in paths.values()]}
     if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
-        close_with_summary(parent, [*paths.values(), resolved], trials, settings.metric, settings.metric_mode,
-                           outcome.wall_seconds, selects=plan.trial0.protocol != "paper")
         plan.state["status"] = "finished"
-        plan.save_state()
+    link = parent.tracker.link
+    within = plan.opts.within
+    if within is not None:  # a comparison's phase: its report files on the comparison's run; the comparison reports
+        for path in paths.values():
+            link.send(lambda path=path: parent.tracker.client.log_artifact(parent.run_id, str(path),
+                                                                          artifact_path=within.name))
+    else:
+        track_records(plan, parent, trials, paths, outcome.wall_seconds, cut_short, log, link.send)
+    link.settle()
+    plan.state[TRACKING_KEY]["complete"] = not link.incomplete
+    plan.save_state()
+    if within is not None:
+        log(f"{within.name}: {len(trials)} trials in {outcome.wall_seconds:.0f} s; its report: "
+            f"{plan.run_folder / 'report.txt'}")
+    else:
+        print_links(plan, parent, report_text, log)
+    if link.incomplete:
+        log(f"MLflow's records of this run are incomplete (the tracking server went away); with the server up, "
+            f"fill them from the run folder: {plan.sync_command()}")
+    return StudyResult(run_folder=plan.run_folder, trials=trials, history=history, tracking_uri=plan.tracking_uri,
+                       experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
+                       wall_seconds=outcome.wall_seconds, report=report_text, stop_kind=outcome.stop_kind,
+                       stop_reason=outcome.stop_reason, resume_command=plan.resume_command() if cut_short else None,
+                       tracking_incomplete=link.incomplete, sync_command=plan.sync_command() if link.incomplete else None)
+
+
+def print_links(plan: StudyPlan, parent: ParentRun, report_text: str, log: Callable[[str], None]) -> None:
     log(report_text)
     log(f"results: {plan.run_folder}")
     log(f"MLflow tracking URI: {plan.tracking_uri}")
     log(f"open the UI:  {ui_command(plan.tracking_uri)}")
     log(f"runs table:  {ui_runs_url(plan.tracking_uri, parent.experiment_id)}")
-    log_links(plan, parent, log)
-    return result
 
 
-def close_phase(plan: StudyPlan, parent: ParentRun, artifacts: list[Path], result: StudyResult,
-                log: Callable[[str], None]) -> StudyResult:
-    """A comparison's phase: its report files on the comparison's parent run, under the phase's name."""
-    for path in artifacts:
-        parent.tracker.client.log_artifact(parent.run_id, str(path), artifact_path=plan.opts.within.name)
-    if result.stop_kind is None:
-        plan.state["status"] = "finished"
-        plan.save_state()
-    log(f"{plan.opts.within.name}: {len(result.trials)} trials in {result.wall_seconds:.0f} s; its report: "
-        f"{plan.run_folder / 'report.txt'}")
-    return result
+def track_records(plan: StudyPlan, parent: ParentRun, trials: list[dict], paths: dict[str, Path], wall_seconds: float,
+                  cut_short: bool, log: Callable[[str], None], send: Callable = lambda call: call()) -> None:
+    """What the parent run gets when the trials are done (``send``: through the run's ``TrackingLink``): a search's
+    storage, the importance metrics, the summary (unless cut short), the compare link. --sync-tracking too."""
+    if plan.searching:  # as it stands now; a resumed search logs it again when it ends
+        send(lambda: log_search_storage(parent.tracker.client, parent.run_id, plan.run_folder))
+    send(lambda: log_importance(parent, paths))
+    if not cut_short:  # a cut-short run's parent stays KILLED until --resume finishes it
+        send(lambda: close_with_summary(parent, paths.values(), trials, plan.settings.metric,
+                                        plan.settings.metric_mode, wall_seconds,
+                                        selects=plan.trial0.protocol != "paper"))
+    send(lambda: log_links(plan, parent, log))
 
 
 def log_importance(parent: ParentRun, paths: dict[str, Path]) -> None:

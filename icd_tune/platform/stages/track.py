@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ...method.schema import flatten, to_dict
+from ..cli import console
 from ..metrics import BEST_PREFIX, STUDY_WALL_SECONDS
 from ..tracking.study_record import RESUME_COMMAND_TAG, command_line, log_study_record
+from ..tracking.outage import TrackingLink
 from ..tracking.runs import BEST_TRIAL_TAG, END_TAG, TEACHER_TAG, StudyTracker, common_tags
 from .plan import ADDITIONS_KEY, StudyPlan
 from .prepare import Prepared
@@ -39,7 +41,31 @@ class ParentRun:
 def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
     if plan.opts.within is not None:
         return join_parent_run(plan)
-    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
+    return open_parent(plan, prepared.teacher_info)
+
+
+def join_parent_run(plan: StudyPlan) -> ParentRun:
+    """A comparison's phase: its trial runs hang under the comparison's parent run, tagged with the phase."""
+    within = plan.opts.within
+    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder), link=tracking_link(plan))
+    tracker.parent_run_id = within.parent_run_id
+    tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric), **within.tags}
+    plan.state["parent_run_id"] = within.parent_run_id
+    plan.state["experiment_id"] = tracker.experiment_id
+    plan.save_state()
+    return ParentRun(tracker, within.parent_run_id, tags, within.trial_tags)
+
+
+def tracking_link(plan: StudyPlan, log=console.say) -> TrackingLink:
+    """The run's link to its tracking store, bounded by the study's ``tracking:`` keys and --tracking-wait."""
+    settings = plan.settings.tracking
+    wait = settings.outage_timeout if plan.opts.tracking_wait_s is None else plan.opts.tracking_wait_s
+    return TrackingLink(plan.tracking_uri, wait, settings.max_queued, log)
+
+
+def open_parent(plan: StudyPlan, teacher_info: dict) -> ParentRun:
+    """The study's parent run: found again by the id the run's state holds, else created with the study's params."""
+    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder), link=tracking_link(plan))
     tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric)}
     settings = to_dict(plan.settings)
     # Published numbers are keyed by level labels (wrn_40_2->wrn_16_2, ICD+KD) that MLflow refuses in a param name.
@@ -49,7 +75,7 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
         params["study.reported"] = json.dumps(reported, sort_keys=True)
     params.update({f"defaults.{k}": v for k, v in flatten(plan.base).items()})
     previous = plan.state.get("parent_run_id")
-    run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(prepared.teacher_info)},
+    run_id = tracker.start_parent(plan.parent_run_name, params, {**tags, TEACHER_TAG: json.dumps(teacher_info)},
                                   previous)
     if run_id != previous:  # a new parent run; a resumed one has these from its first invocation
         log_study_record(tracker.client, run_id, plan.study, plan.opts.command, tracker.log_params)
@@ -59,20 +85,9 @@ def open_parent_run(plan: StudyPlan, prepared: Prepared) -> ParentRun:
         tracker.client.set_tag(run_id, ADDITIONS_TAG, json.dumps(plan.state[ADDITIONS_KEY]))
     plan.state["parent_run_id"] = run_id
     plan.state["experiment_id"] = tracker.experiment_id
+    plan.state["teacher_info"] = teacher_info  # for a parent run --sync-tracking has to make again
     plan.save_state()
     return ParentRun(tracker, run_id, tags)
-
-
-def join_parent_run(plan: StudyPlan) -> ParentRun:
-    """A comparison's phase: its trial runs hang under the comparison's parent run, tagged with the phase."""
-    within = plan.opts.within
-    tracker = StudyTracker(plan.tracking_uri, plan.experiment_name, str(plan.run_folder))
-    tracker.parent_run_id = within.parent_run_id
-    tags = {**common_tags(), **protocol_tags(plan.trial0.protocol, plan.settings.report_metric), **within.tags}
-    plan.state["parent_run_id"] = within.parent_run_id
-    plan.state["experiment_id"] = tracker.experiment_id
-    plan.save_state()
-    return ParentRun(tracker, within.parent_run_id, tags, within.trial_tags)
 
 
 # On the parent and every child run: which protocol produced the numbers, and what was selected on what.
@@ -92,6 +107,10 @@ def protocol_tags(protocol: str, report_metric: str) -> dict[str, str]:
 def close_interrupted(parent: ParentRun, trial_logger) -> None:
     """Marks the running child runs and the parent run as interrupted (KILLED); --resume reopens them."""
     trial_logger.mark_interrupted()
+    parent.tracker.link.send(lambda: mark_parent_interrupted(parent))
+
+
+def mark_parent_interrupted(parent: ParentRun) -> None:
     parent.tracker.client.set_tag(parent.run_id, END_TAG, "interrupted")
     parent.tracker.end(parent.run_id, "KILLED")
 

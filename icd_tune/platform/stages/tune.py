@@ -51,6 +51,7 @@ class TrialSpace:
 def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Callable[[str], None]) -> TuneOutcome:
     """Runs the plan's experiments in turn (one, unless --resume added trials) and gathers their results."""
     describe = plan.describer()
+    parent.tracker.link.log = log
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
                                        log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared),
                                        trial_tags=parent.trial_tags)
@@ -79,6 +80,7 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
     if watch.stopped and (watch.unfinished or len(results) < plan.run_trials):
         outcome.stop_kind, outcome.stop_reason, outcome.unfinished = watch.kind, watch.reason, set(watch.unfinished)
         mark_interrupted(plan, parent, trial_logger)
+    parent.tracker.link.settle()  # the records waiting for a server that went away, up to the wait's bound
     return outcome
 
 

@@ -63,6 +63,31 @@ class SmokeConfig:
             require(value >= 1, f"bad value {value!r}: expected at least 1", join_path(path, name))
 
 
+@dataclass
+class TrackingSettings:
+    """How the study's own MLflow calls wait: per request, and through an outage of a tracking server."""
+
+    # Seconds an unreachable tracking server is waited for (records queued, trials training on) before the
+    # run gives up on it, finishes without it and exits 6; --tracking-wait overrides it.
+    outage_timeout: float = 1800.0
+    # At most this many MLflow calls wait in memory through an outage (one per trial epoch, about); beyond, give up.
+    max_queued: int = 10000
+    # MLflow's own retries of one request and its timeout (MLFLOW_HTTP_REQUEST_MAX_RETRIES, ..._TIMEOUT), set for
+    # the study's calls in place of MLflow's 7 retries and 120 s, which block the trials' loop for minutes.
+    request_retries: int = 2
+    request_timeout: int = 20  # whole seconds, as MLflow reads it
+
+    def validate(self, path: str) -> None:
+        for name in ("outage_timeout", "request_timeout"):
+            value = getattr(self, name)
+            require(value >= 0 if name == "outage_timeout" else value > 0,
+                    f"bad value {value!r}: expected seconds, {'>= 0' if name == 'outage_timeout' else '> 0'}",
+                    join_path(path, name))
+        require(self.max_queued >= 1, f"bad value {self.max_queued!r}: expected at least 1", join_path(path, "max_queued"))
+        require(self.request_retries >= 0, f"bad value {self.request_retries!r}: expected >= 0",
+                join_path(path, "request_retries"))
+
+
 # A name that becomes a folder, an MLflow experiment or a registered model: never a path.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 PLAIN_NAME_RULE = ("a name must be plain: letters, digits, '-', '_' and '.', not starting with '.', at most 100 "
@@ -103,6 +128,7 @@ class StudySettings:
     # Refuse to start with less free disk than this (or than the study's own estimate).
     min_free_gb: float = 1.0
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     # Fills {teachers_dir} in teacher.checkpoint (with {arch}, each trial's teacher.arch): where the
     # teacher checkpoints are, e.g. RepDistiller's save/models. Relative to the working directory.
     teachers_dir: Optional[str] = None

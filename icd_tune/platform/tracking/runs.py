@@ -23,6 +23,7 @@ from ...method.files import build_lock
 from ..metrics import DIVERGED, EPOCH, ERROR, NODE_ID, TRAIN_LOSS, epochs_done, is_logged_metric, result_step
 from ..raytune.ray_internals import snapshots_taken
 from ..versions import git_commit, package_versions
+from .outage import TrackingLink
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -95,9 +96,12 @@ def store_lock(tracking_uri: str):
 class StudyTracker:
     """Owns the MLflow experiment and parent run; finds or creates child runs."""
 
-    def __init__(self, tracking_uri: str, study_name: str, run_folder: str, artifact_root: str | None = None):
+    def __init__(self, tracking_uri: str, study_name: str, run_folder: str, artifact_root: str | None = None,
+                 link: TrackingLink | None = None):
         from mlflow.tracking import MlflowClient
 
+        # Every call made while trials run goes through it: queued, in order, while the server is away.
+        self.link = link or TrackingLink(tracking_uri)
         # A client bound to this URI, not mlflow.set_tracking_uri: that exports MLFLOW_TRACKING_URI
         # to every process started afterwards.
         self.tracking_uri = tracking_uri
@@ -193,32 +197,47 @@ class MLflowTrialCallback(tune.Callback):
         self.runs: dict[str, str] = {}
         self.earlier: dict[str, str] | None = None  # child runs that existed before this callback started
         self.last_epoch: dict[str, int] = {}
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str] = {}  # trial id -> display name, of the trials this invocation opened
+        self.created: set[str] = set()  # trial ids whose run this invocation created
+        self.described: set[str] = set()  # of those, the ones whose params and lineage are logged
 
-    def child_run(self, trial) -> str:
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        client = self.tracker.client
+    def child_run(self, trial) -> None:
+        """Sends (or queues, through an outage) the opening of the trial's child run, once per invocation."""
+        if trial.trial_id in self.names:
+            return
         name, params = self.describe(trial.config)
         self.names[trial.trial_id] = name
-        if self.earlier is None:  # the runs an interrupted invocation left: read once, not per trial
-            self.earlier = self.tracker.children_by_trial()
-        run_id = self.earlier.get(trial.trial_id)
+        config = trial.config
+        self.tracker.link.send(lambda: self._open_run(trial.trial_id, name, params, config))
+
+    def _open_run(self, trial_id: str, name: str, params: dict, config: dict) -> None:
+        """Finds the trial's run (by its tag: one an interrupted invocation left) or creates it with its params.
+
+        A call replayed after an outage looks the runs up again: the first try may have reached the server.
+        """
+        client = self.tracker.client
+        run_id = self.runs.get(trial_id)
         if run_id is None:
-            extra = self.trial_tags(trial.config) if self.trial_tags else {}
-            run = client.create_run(self.tracker.experiment_id, run_name=name, tags={
-                **self.tags, **extra, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial.trial_id,
-                END_TAG: "running"})
-            run_id = run.info.run_id
-            self.tracker.log_params(run_id, params)
-            if self.lineage is not None:
-                self.lineage.log(client, run_id, trial.config)
-            self.last_epoch[trial.trial_id] = 0
-        else:
-            client.update_run(run_id, status="RUNNING")
-            self.last_epoch[trial.trial_id] = self.tracker.last_logged_epoch(run_id)
-        self.runs[trial.trial_id] = run_id
-        return run_id
+            if self.earlier is None or self.tracker.link.replaying:  # read once, not per trial
+                self.earlier = self.tracker.children_by_trial()
+            run_id = self.earlier.get(trial_id)
+            if run_id is None:
+                extra = self.trial_tags(config) if self.trial_tags else {}
+                run_id = client.create_run(self.tracker.experiment_id, run_name=name, tags={
+                    **self.tags, **extra, PARENT_TAG: self.tracker.parent_run_id, TRIAL_TAG: trial_id,
+                    END_TAG: "running"}).info.run_id
+                self.created.add(trial_id)
+                self.last_epoch[trial_id] = 0
+            self.runs[trial_id] = run_id
+        if trial_id in self.created:
+            if trial_id not in self.described:
+                self.tracker.log_params(run_id, params)
+                if self.lineage is not None:
+                    self.lineage.log(client, run_id, config)
+                self.described.add(trial_id)
+            return
+        client.update_run(run_id, status="RUNNING")
+        self.last_epoch[trial_id] = self.tracker.last_logged_epoch(run_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.child_run(trial)
@@ -229,10 +248,9 @@ class MLflowTrialCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric, RunTag
 
-        run_id = self.child_run(trial)
+        self.child_run(trial)
         epoch = result_step(result)
-        if epoch <= self.last_epoch.get(trial.trial_id, 0):
-            return  # already logged before an interruption
+        # Built now, sent now or after an outage: a replayed batch repeats the same values and timestamps.
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, epoch) for k, v in numeric_metrics(result).items()]
         metrics.append(Metric(EPOCH, float(epoch), now, epoch))
@@ -243,11 +261,22 @@ class MLflowTrialCallback(tune.Callback):
             tags.append(RunTag("ray.hostname", str(result["hostname"])))
         if result.get(NODE_ID):
             tags.append(RunTag("ray.node_id", str(result[NODE_ID])))
-        self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self.last_epoch[trial.trial_id] = epoch
+        self.tracker.link.send(lambda: self._log_epoch(trial.trial_id, epoch, metrics, tags))
+
+    def _log_epoch(self, trial_id: str, epoch: int, metrics: list, tags: list) -> None:
+        if epoch <= self.last_epoch.get(trial_id, 0):
+            return  # already logged before an interruption
+        self.tracker.client.log_batch(self.runs[trial_id], metrics=metrics, tags=tags)
+        self.last_epoch[trial_id] = epoch
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.child_run(trial)
+        self.child_run(trial)
+        reason, status, checkpoint = self._ending(trial)
+        self.tracker.link.send(lambda: self._close(trial, reason, status, checkpoint))
+        self.ended.append((trial, snapshots_taken()))
+
+    def _ending(self, trial) -> tuple[str, str, Any]:
+        """How a trial that ended ran: the END tag, the run status, the checkpoint whose student is logged (or None)."""
         result = trial.last_result or {}
         epoch = epochs_done(result)
         if result.get(DIVERGED):
@@ -257,16 +286,20 @@ class MLflowTrialCallback(tune.Callback):
             reason, status = f"stopped early at epoch {epoch}", "FINISHED"
         else:
             reason, status = "completed", "FINISHED"
-        if status == "FINISHED" and self.log_students:
-            self.log_student(trial, run_id)
+        return reason, status, trial.checkpoint if status == "FINISHED" and self.log_students else None
+
+    def _close(self, trial, reason: str, status: str, checkpoint=None, run_id: str | None = None) -> None:
+        run_id = run_id or self.runs[trial.trial_id]
+        if checkpoint is not None:
+            self.log_student(trial, run_id, checkpoint)
         self.tracker.client.set_tag(run_id, END_TAG, reason)
         self.tracker.end(run_id, status)
-        self.ended.append((trial, snapshots_taken()))
 
     def on_step_end(self, iteration, trials, **info):
         """Prunes ended trials' checkpoints once a Tune snapshot taken after their end has recorded it."""
         from .students import prune_checkpoints
 
+        self.tracker.link.flush()  # calls waiting through an outage of the server
         now = snapshots_taken()
         waiting = [(trial, mark) for trial, mark in self.ended if mark >= now]
         for trial, mark in self.ended:
@@ -274,20 +307,16 @@ class MLflowTrialCallback(tune.Callback):
                 prune_checkpoints(trial.checkpoint)
         self.ended = waiting
 
-    def log_student(self, trial, run_id: str) -> None:
+    def log_student(self, trial, run_id: str, checkpoint) -> None:
         from .students import log_student
         from ..raytune.trainable import CHECKPOINT_FILE
 
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return
         _, params = self.describe(trial.config)
         log_student(self.tracker.client, run_id, checkpoint, CHECKPOINT_FILE, str(params.get("student")))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.child_run(trial)
-        self.tracker.client.set_tag(run_id, END_TAG, f"failed: {trial_error_text(trial)}"[:5000])
-        self.tracker.end(run_id, "FAILED")
+        self.child_run(trial)
+        self.tracker.link.send(lambda: self._close(trial, f"failed: {trial_error_text(trial)}"[:5000], "FAILED"))
 
     def on_experiment_end(self, trials, **info):
         """Closes the child runs a killed driver left RUNNING that no trial of this run continued.
@@ -295,6 +324,11 @@ class MLflowTrialCallback(tune.Callback):
         A trial that Ray recorded as ended before the kill is closed by its last result; a run
         whose trial Ray never recorded (the driver died in between) is closed KILLED, with why.
         """
+        self.tracker.link.send(lambda: self._close_left_running(trials))
+        self.on_step_end(0, trials)  # Tune's closing snapshot records the last trials to end
+        self.on_step_end(0, trials)  # the trials closed here were ended in the snapshot Tune restored
+
+    def _close_left_running(self, trials) -> None:
         by_id = {t.trial_id: t for t in trials}
         for run in self.tracker.running_children():
             trial = by_id.get(run.data.tags.get(TRIAL_TAG))
@@ -302,14 +336,16 @@ class MLflowTrialCallback(tune.Callback):
                 self.tracker.client.set_tag(run.info.run_id, END_TAG, ORPHANED_RUN)
                 self.tracker.end(run.info.run_id, "KILLED")
             elif trial.status == "TERMINATED":
-                self.on_trial_complete(0, trials, trial)
+                self._close(trial, *self._ending(trial), run_id=run.info.run_id)
+                self.ended.append((trial, snapshots_taken()))
             elif trial.status == "ERROR":
-                self.on_trial_error(0, trials, trial)
+                self._close(trial, f"failed: {trial_error_text(trial)}"[:5000], "FAILED", run_id=run.info.run_id)
             # Trials still pending or running: an interruption, which mark_interrupted closes.
-        self.on_step_end(0, trials)  # Tune's closing snapshot records the last trials to end
-        self.on_step_end(0, trials)  # the trials closed here were ended in the snapshot Tune restored
 
     def mark_interrupted(self) -> None:
+        self.tracker.link.send(self._close_interrupted)
+
+    def _close_interrupted(self) -> None:
         for run_id in self.runs.values():
             run = self.tracker.client.get_run(run_id)
             if run.info.status == "RUNNING":
