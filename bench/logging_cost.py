@@ -13,6 +13,12 @@ shared machine to show a few per cent; these sums are not.
 
     python bench/logging_cost.py                              # the quickstart
     python bench/logging_cost.py --study ablations/quickstart.yaml --set optim.epochs=2
+    python bench/logging_cost.py --set export_models=9    # every quickstart trial's MLflow Model, timed
+
+Each exported student's MLflow Model (``tracking.models.log_student_model``: the
+torch.export program, the MLflow Model files, the logged model) is timed too; the
+study exports its best ``export_models`` trials after the trials, so setting it to
+the trial count measures what exporting every trial inside Tune's loop would cost.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def instrument() -> None:
     import icd_tune.platform.stages.record as record
     import icd_tune.platform.stages.track as track
     import icd_tune.platform.stages.tune as tune_stage
+    import icd_tune.platform.tracking.models as models
     import icd_tune.platform.tracking.students as students
 
     tune_stage.trial_lineage = timed("lineage: data digest, teacher sha256 (once)", tune_stage.trial_lineage)
@@ -59,6 +66,8 @@ def instrument() -> None:
     track.log_study_record = timed("parent: study files, command, --set (once)", track.log_study_record)
     record.log_search_storage = timed("parent: Optuna storage (once)", record.log_search_storage)
     students.log_student = timed("student artifact (per trial)", students.log_student)
+    models.log_student_model = timed("student MLflow Model: torch.export + log (per exported trial)",
+                                     models.log_student_model)
     students.prune_checkpoints = timed("checkpoint pruning (per trial)", students.prune_checkpoints)
     teachers.teacher_test_acc1 = timed("teacher test accuracy (once)", teachers.teacher_test_acc1)
 
@@ -129,6 +138,13 @@ def report(out: dict, trial_epochs: int, trial_seconds: float) -> None:
         print(f"{label:58s} {len(times):5d} {seconds:8.3f} {100 * seconds / trial_seconds:15.2f}%")
     print(f"{'total':58s} {'':5s} {total:8.3f} {100 * total / trial_seconds:15.2f}%")
     print(f"target < 5% of the trials' time: {'met' if total < 0.05 * trial_seconds else 'NOT met'}")
+    exports = [t for label, times in SPENT.items() if label.startswith("student MLflow Model") for t in times]
+    if exports:
+        per_trial = trial_seconds / max(1, len(out["trials"]))
+        print(f"student MLflow Model export: {len(exports)} calls, first {exports[0]:.3f} s, median "
+              f"{sorted(exports)[len(exports) // 2]:.3f} s, mean {sum(exports) / len(exports):.3f} s; a trial's "
+              f"training time {per_trial:.1f} s on average: {100 * sum(exports) / len(exports) / per_trial:.2f}% per "
+              f"trial (per-trial export in Tune's loop needs < 2%)")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,7 @@ def test_study_against_a_real_tracking_server_without_leaking_secrets(tmp_path, 
     grid:
       invariance_weight: {key: loss.invariance_weight, levels: [0.0, 0.5]}
     seeds: [0]
+    register: served_students
     """)
     out = run_study(load_study(path), RunOptions(results_dir=str(tmp_path / "results"), tracking_uri=mlflow_server))
     printed = capsys.readouterr()
@@ -269,6 +270,11 @@ def test_study_against_a_real_tracking_server_without_leaking_secrets(tmp_path, 
     report = Path(client.download_artifacts(out["parent_run_id"], "report.txt", str(tmp_path / "dl")))
     assert "invariance_weight" in report.read_text()
     assert f"{mlflow_server}/#/experiments/{out['experiment_id']}/runs" in printed.out
+    # The best student registered on the server (study key register), champion since it is the first.
+    assert out["registered"]["version"] == "1" and out["registered"]["promoted"]
+    champion = client.get_model_version_by_alias("served_students", "champion")
+    assert champion.run_id in {r.info.run_id for r in children}
+    assert champion.tags["icd_tune.selection_metric"] == "val/acc1"
 
     # No credential anywhere: parameters, tags, artifacts, results files, printed output.
     haystack = [printed.out, printed.err]

@@ -10,6 +10,7 @@ from .raytune.searcher import make_searcher
 from .stages.plan import RunOptions, planned_trial_epochs, resolve_plan
 from .stages.cache_plan import cache_decision
 from .stages.prepare import prepare
+from .stages.publish import publish_students
 from .stages.record import record_and_report
 from .stages.track import open_parent_run
 from .raytune.space import search_domains
@@ -43,7 +44,9 @@ def run_study(study: Study, opts: RunOptions, log: Callable[[str], None] = conso
         prepared = prepare(plan, log)
         parent = open_parent_run(plan, prepared)
         outcome = tune_trials(plan, prepared, parent, log)
-        return record_and_report(plan, parent, outcome, log).to_dict()
+        result = record_and_report(plan, parent, outcome, log)
+        published = publish_students(plan, prepared, parent, outcome, result.trials, log)
+        return result.to_dict() | published.to_dict()
 
 
 __all__ = ["RunOptions", "run_study", "icd_trainable", "StudyRunError", "cache_decision", "planned_trial_epochs",

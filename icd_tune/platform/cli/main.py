@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "PATH) after the tracking server was away (exit status 6); nothing is logged twice")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, value parsed as YAML, e.g. --set loss.invariance_weight=0.5 (repeatable)")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the study's best student (on its validation metric) as a new version of registered "
+                        "model NAME; the alias champion moves to it only when it beats the current champion on the "
+                        "same metric and data (overrides the study key register; never under --smoke)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
     p.add_argument("--storage", help="experiment storage: a path, shared file system, s3:// or gs:// URI")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
@@ -133,6 +137,22 @@ def print_plan(study, out=None, on_cluster: bool = False) -> None:
     else:
         print(f"# teacher: {teacher['arch']} trained once with cross-entropy for {teacher['optim']['epochs']} epochs "
               f"(cached and reused)", file=out)
+
+
+def print_publish_plan(study, register: str | None, out=None) -> None:
+    """What the end of the study exports as MLflow Models and registers."""
+    out = out or sys.stdout
+    settings = study.settings
+    name = register or settings.register
+    count = max(settings.export_models, 1 if name else 0)
+    which = f"{settings.metric} ({settings.metric_mode})"
+    print(f"# student models: the best {count} trial(s) on {which} exported as MLflow Models (torch.export, uint8 "
+          f"images in, logits out) when the study ends" if count else "# student models: none (export_models: 0)",
+          file=out)
+    if name:
+        print(f"# register: the best trial on {which} as a new version of registered model {name}; alias champion "
+              f"moves to it only if it beats the current champion on {settings.metric} with the same dataset digest",
+              file=out)
 
 
 def _print_ignored_loss_keys(study, out) -> None:
@@ -220,13 +240,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args.dry_run:
         print_plan(study, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
+        print_publish_plan(study, args.register)
         return EXIT_OK
     return run(args, argv, study)
 
 
 def check_options(args, study) -> None:
-    from ..preflight import check_run_options, check_trial_request
+    from ..preflight import StudyRunError, check_run_options, check_trial_request
 
+    from ..study.settings import register_refusal
+
+    if args.register is not None:
+        refused = register_refusal(args.register, study.base.get("protocol", "validation"), study.settings.metric)
+        if refused:
+            raise StudyRunError(f"--register {args.register}: {refused}")
+        if args.smoke:
+            print(f"note: --smoke never registers; --register {args.register} is ignored", file=sys.stderr)
     pending = None if args.pending_timeout is None else args.pending_timeout * 60
     check_run_options(args.max_concurrent, args.time_budget, pending)
     if not args.smoke:  # a smoke run fits the request to the machine first
@@ -249,7 +278,7 @@ def run(args, argv: list[str], study) -> int:
                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, verbose=args.verbose,
                       results_dir=args.results_dir, time_budget_s=args.time_budget,
                       pending_timeout_s=None if args.pending_timeout is None else args.pending_timeout * 60,
-                      autoscaling=args.autoscaling, command=argv)
+                      autoscaling=args.autoscaling, register=args.register, command=argv)
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM (a scheduler, `kill`, `ray job stop`) ends the run as Ctrl+C does, with a --resume hint.
     previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None

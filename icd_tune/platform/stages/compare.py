@@ -106,6 +106,9 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     from ..tracking.runs import END_TAG, STUDY_RUN_TAG, StudyTracker, common_tags
 
     comparison = study.compare
+    if opts.register:
+        raise StudyRunError(f"--register {opts.register}: a comparison ranks methods, and its best student is no "
+                            f"method's winner; register from a study of the method you choose")
     if getattr(opts, "sync_tracking", False):
         raise StudyRunError("--sync-tracking fills one study's MLflow records from its run folder; a comparison's "
                             "phases cannot be filled that way yet (their reports and records in the run folder are "

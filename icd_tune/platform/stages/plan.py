@@ -68,6 +68,8 @@ class RunOptions:
     tracking_wait_s: float | None = None
     # Fill MLflow from the run folder (resume names it) and run nothing (--sync-tracking).
     sync_tracking: bool = False
+    # --register NAME: the study's best student as a new version of registered model NAME (over the study key).
+    register: str | None = None
     # The command line that started the run, for the --resume hint; None: a minimal one.
     command: list[str] | None = None
     started: float = field(default_factory=time.time)
@@ -113,6 +115,11 @@ class StudyPlan:
     def run_trials(self) -> int:
         """This run's trials: the grid's points (one per method under --smoke) or the search's samples."""
         return len(self.points) if self.points else self.settings.search.num_samples
+
+    @property
+    def register_name(self) -> str | None:
+        """The registered model the study's best student joins: --register, else the study key; never under --smoke."""
+        return None if self.opts.smoke else (self.opts.register or self.settings.register)
 
     @property
     def searching(self) -> bool:

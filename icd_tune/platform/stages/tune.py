@@ -37,6 +37,7 @@ class TuneOutcome:
     stop_kind: str | None = None
     stop_reason: str | None = None
     unfinished: set[str] = field(default_factory=set)  # trial ids the early end left to --resume
+    lineage: Any = None  # tracking.lineage.TrialLineage: what the trials' runs were trained from
 
 
 @dataclass
@@ -52,8 +53,9 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
     """Runs the plan's experiments in turn (one, unless --resume added trials) and gathers their results."""
     describe = plan.describer()
     parent.tracker.link.log = log
+    lineage = trial_lineage(plan, prepared)
     trial_logger = MLflowTrialCallback(parent.tracker, describe, plan.max_epochs, parent.tags,
-                                       log_students=plan.settings.log_students, lineage=trial_lineage(plan, prepared),
+                                       log_students=plan.settings.log_students, lineage=lineage,
                                        trial_tags=parent.trial_tags)
     watch = study_watch(plan, prepared)
     snapshot_when_trials_join()
@@ -76,7 +78,7 @@ def tune_trials(plan: StudyPlan, prepared: Prepared, parent: ParentRun, log: Cal
             mark_interrupted(plan, parent, trial_logger)
             log(f"interrupted; continue with: {plan.resume_command()}")
             raise
-    outcome = TuneOutcome(results, time.time() - started)
+    outcome = TuneOutcome(results, time.time() - started, lineage=lineage)
     if watch.stopped and (watch.unfinished or len(results) < plan.run_trials):
         outcome.stop_kind, outcome.stop_reason, outcome.unfinished = watch.kind, watch.reason, set(watch.unfinished)
         mark_interrupted(plan, parent, trial_logger)

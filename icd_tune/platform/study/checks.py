@@ -19,7 +19,7 @@ from ...method.schema import ConfigError, suggest
 from ..metrics import (EPOCH, EVALUATED_PREFIXES, NEEDS_VALIDATION, PAPER_ONLY, TEST_BEST_ACC1,
                       TRAIN_LOSS, TRANSFER_PREFIX, VAL_ACC1, metric_direction, trainer_metrics, transfer_metrics,
                       trial_metrics)
-from .settings import StudySettings
+from .settings import StudySettings, register_refusal
 
 # (display name, resolved config) of every trial a grid plans, or of corners of a search space.
 Trials = Sequence[tuple[str, TrialConfig]]
@@ -66,6 +66,10 @@ def protocol_defaults(data: dict) -> dict:
 
 def check_protocol(settings: StudySettings, protocol: str) -> None:
     """What each protocol allows: selection on the test set never, and under ``paper`` nothing that selects."""
+    if settings.register is not None:
+        refused = register_refusal(settings.register, protocol, settings.metric)
+        if refused:
+            raise ConfigError(f"bad value {settings.register!r}: {refused}", "register")
     if protocol != "paper":
         if settings.metric.startswith("test/"):
             raise ConfigError(f"bad value {settings.metric!r}: search, ASHA and the report select on this metric, and "

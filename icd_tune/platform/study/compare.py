@@ -155,6 +155,8 @@ def build_comparison(data: dict, path: Path, build: Callable[[dict, Path], Any])
             f"methods {list(methods)}", "compare.reference")
     allow = spec.get("allow_unequal_budgets", False)
     require(isinstance(allow, bool), f"bad value {allow!r}: expected true or false", "compare.allow_unequal_budgets")
+    require(data.get("register") is None, "a comparison ranks methods, and its best student is no method's "
+            "winner; register from a study of the method you choose", "register")
     require(data.get("protocol", "validation") != "paper",
             "bad value 'paper': a comparison tunes every method on validation, and protocol paper has no "
             "validation split; use protocol: validation", "protocol")

@@ -98,6 +98,20 @@ def is_plain_name(name: object) -> bool:
     return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None
 
 
+def register_refusal(name: object, protocol: str, metric: str) -> str | None:
+    """Why the study's best student may not be registered as ``name``; None when it may."""
+    if not is_plain_name(name):
+        return f"bad registered model name {name!r}: {PLAIN_NAME_RULE}"
+    if protocol == "paper":
+        return ("nothing is registered under protocol paper: its students are the best-test ones, selected on the "
+                "test set, so a registry's comparison of them would select on the test set; register a study run "
+                "under protocol: validation")
+    if not metric.startswith("val/"):
+        return (f"the registry compares students on the study's selection metric, and {metric!r} is not measured on "
+                f"the validation split; set metric to a val/ metric such as {VAL_ACC1}")
+    return None
+
+
 @dataclass
 class StudySettings:
     name: str = ""
@@ -118,6 +132,11 @@ class StudySettings:
     max_retries: int = 2
     # Log each finished trial's student weights on its MLflow run (off for huge searches).
     log_students: bool = True
+    # MLflow Models (torch.export, loadable without icd-tune) of the study's best trials on `metric`, exported
+    # when the study ends; 0: none. Registering exports the best one whatever this says.
+    export_models: int = 1
+    # A registered model the study's best student (on the validation metric) joins as a new version; null: none.
+    register: Optional[str] = None
     # Each trial reports its process's CPU and memory (and its GPU's) once per epoch as system/... metrics.
     system_metrics: bool = True
     checkpoint_every: int = 1
@@ -146,6 +165,11 @@ class StudySettings:
                 f"bad value {self.metric!r}: transfer accuracies are measured on each target's test split after the "
                 f"last epoch, so nothing may select on them; they are reported beside the study's metric",
                 join_path(path, "metric"))
+        require(self.export_models >= 0, f"bad value {self.export_models!r}: expected 0 (none) or more",
+                join_path(path, "export_models"))
+        if self.register is not None:
+            require(is_plain_name(self.register), f"bad value {self.register!r}: {PLAIN_NAME_RULE} (it names a "
+                    f"registered model)", join_path(path, "register"))
         require(len(self.seeds) >= 1, "bad value []: expected at least one seed", join_path(path, "seeds"))
         require(len(set(self.seeds)) == len(self.seeds), f"bad value {self.seeds!r}: seeds repeat", join_path(path, "seeds"))
         require(self.max_retries >= 0, f"bad value {self.max_retries!r}: expected >= 0", join_path(path, "max_retries"))
