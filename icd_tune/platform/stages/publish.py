@@ -52,6 +52,10 @@ def publish_students(plan: StudyPlan, prepared: Prepared, parent: ParentRun, out
     if outcome.stop_kind is not None or count == 0:
         return published
     tracker = parent.tracker
+    if tracker.link.incomplete:  # the tracking server went away and was given up on: nothing to log models into
+        log("no student model exported and nothing registered: the tracking server is unreachable (the run's "
+            "records are incomplete)")
+        return published
     order = ranked(trials, settings.metric, settings.metric_mode)[:count]
     if not order:
         log(f"no student model exported: no trial ended with {settings.metric}")
