@@ -30,6 +30,7 @@ optim: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
 max_steps_per_epoch: {steps}
 device: cpu
 cpus_per_trial: 1
+export_models: 0  # the MLflow Model export is tested on the shared grid, which exports its best trial
 """
 
 
@@ -72,6 +73,7 @@ grid:
 baseline: 0.0
 seeds: [0, 1]
 transfer: {datasets: [synthetic], epochs: 2, batch_size: 32, max_steps_per_epoch: 3}
+export_models: 1
 """
 
 

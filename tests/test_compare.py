@@ -28,6 +28,7 @@ search: {{num_samples: 3, seed: 0}}
 asha: {{enabled: true, grace_period: 1, reduction_factor: 2}}
 seeds: [0, 1]
 results_dir: {results}
+export_models: 0
 """
 # Two methods: ICD over its invariance weight, CRD over its shipped space with digits-sized negatives.
 METHODS = ("compare.methods={ICD: {set: {method: icd}, spaces: [], space: {loss.invariance_weight: "
