@@ -97,10 +97,14 @@ def process_tracking_uri(finished_grid):
     client's (MLflow 3): a run with an exported student is listed with that URI pointed at its store."""
     import mlflow
 
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(finished_grid.out["tracking_uri"])
+    before, before_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(finished_grid.out["tracking_uri"])  # which exports MLFLOW_TRACKING_URI too
     yield
     mlflow.set_tracking_uri(before)
+    if before_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 @pytest.mark.slow

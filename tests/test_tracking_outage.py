@@ -243,8 +243,7 @@ def test_server_gone_for_good_exits_6_and_sync_tracking_fills_mlflow_once(tmp_pa
         assert [t["status"] for t in out["trials"]] == ["completed", "completed"]
         said = [line for line in lines if line.startswith(("tracking server", "gave up on", "the trials are done"))]
         assert "is unreachable" in said[0] and said[-1].startswith("gave up on tracking server"), said
-        assert "MLflow's records of this run are incomplete" in lines[-2]
-        assert lines[-1].startswith("no student model exported and nothing registered: the tracking server is")
+        assert "MLflow's records of this run are incomplete" in lines[-1]  # its tiny study exports no model
         assert not json.loads((run_folder / "study_state.json").read_text())["tracking"]["complete"]
 
         server.start()
