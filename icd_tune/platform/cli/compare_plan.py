@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 
-def arm_points(confirm, arm) -> list:
-    """The confirm points of one method, tuned and default (its tuned points stand in for a default coinciding)."""
-    points = [p for p in confirm.grid_points() if p.levels["method"] in (arm.label, arm.default_label)]
-    tuned = [p for p in points if p.levels["method"] == arm.label]
-    return points if len(points) > len(tuned) else tuned * 2
-
-
 def compare_plan_lines(study) -> list[str]:
     from ..report.gpu_estimate import BASIS, trial_hours
 
@@ -34,7 +27,7 @@ def compare_plan_lines(study) -> list[str]:
                      f"{epochs} trial-epochs ({arm.method}; {how} step time)")
         lines += [f"#     {key}: {spec}" for key, spec in search.space.items()]
     confirm = comparison.confirm_study(comparison.default_best())
-    points = [p for arm in comparison.arms for p in arm_points(confirm, arm)]
+    points = confirm.grid_points()
     confirm_epochs = len(points) * confirm.epochs
     for point in points:
         _, hours, _ = trial_hours(confirm.trial_config(point.overrides, point.seed))

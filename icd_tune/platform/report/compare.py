@@ -26,7 +26,6 @@ from .stats import (
 from .tables import fmt_mean_std, fmt_p, md_table
 
 COMPARE_REPORT, COMPARE_JSON, COMPARE_PLOT = "compare_report.txt", "compare.json", "compare.png"
-DEFAULT_SUFFIX = " (default)"
 
 
 def best_overrides(trials: Sequence[Mapping], search) -> dict[str, Any]:
@@ -45,9 +44,10 @@ def best_overrides(trials: Sequence[Mapping], search) -> dict[str, Any]:
     return {key: params[key] for key in search.space if key in params}
 
 
-def _arm_trials(confirm: Sequence[Mapping], label: str) -> tuple[list, list]:
-    tuned = [t for t in confirm if (t.get("levels") or {}).get("method") == label]
-    default = [t for t in confirm if (t.get("levels") or {}).get("method") == label + DEFAULT_SUFFIX]
+def _arm_trials(confirm: Sequence[Mapping], arm) -> tuple[list, list]:
+    """A method's confirm trials: tuned (its label) and default (``study.compare.Arm.default_label``)."""
+    tuned = [t for t in confirm if (t.get("levels") or {}).get("method") == arm.label]
+    default = [t for t in confirm if (t.get("levels") or {}).get("method") == arm.default_label]
     return tuned, default
 
 
@@ -67,7 +67,7 @@ def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping],
     methods = []
     for arm in comparison.arms:
         search = phases.get(f"search-{arm.slug}", {}).get("trials", [])
-        tuned, default = _arm_trials(confirm, arm.label)
+        tuned, default = _arm_trials(confirm, arm)
         same = not default  # the search's best was the default: one arm stands for both
         default = default or tuned
         t_mean, t_std = _mean_std(_values(tuned, metric))
@@ -86,11 +86,11 @@ def summarise(study, phases: Mapping[str, Mapping], best: Mapping[str, Mapping],
                        "failed": sum(_failed(t) for t in search), "trial_epochs": _epochs(search)},
             "confirm_trial_epochs": _epochs(tuned) + (0 if same else _epochs(default)),
         })
-    ref_tuned, _ = _arm_trials(confirm, comparison.reference)
+    ref_tuned, _ = _arm_trials(confirm, comparison.arm(comparison.reference))
     against = []
     for arm in comparison.arms:
         if arm.label != comparison.reference:
-            other, _ = _arm_trials(confirm, arm.label)
+            other, _ = _arm_trials(confirm, arm)
             against.append({"method": arm.label, **_paired_diff(ref_tuned, other, metric)})
     family = [row for row in against if row["informative"] and row["p_value"] is not None]
     for row, adjusted in zip(family, holm_adjust([r["p_value"] for r in family])):

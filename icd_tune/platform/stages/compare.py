@@ -24,7 +24,8 @@ from ..report.compare import best_overrides, write_compare_report
 from ..study.compare import slug_of
 from ..study.compare import CONFIRM, DEFAULT_SUFFIX, SEARCH
 from ..study.definition import resolved_study
-from .plan import RunOptions, run_folders
+from .plan import RunOptions, run_folders, run_tracking_uri
+from .prepare import claim_stamped_folder
 from .run_files import STATE_FILE
 
 COMPARE_STATE = "compare_state.json"
@@ -72,16 +73,8 @@ def comparison_folder(study, opts: RunOptions, root: Path) -> tuple[Path, dict]:
     """A fresh, claimed run folder; or with --resume the comparison to continue (same definition only)."""
     fingerprint = comparison_fingerprint(study, opts.smoke)
     if not opts.resume:
-        stamp, smoke = time.strftime("%Y%m%d-%H%M%S"), "-smoke" if opts.smoke else ""
-        root.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 1000):
-            folder = root / (f"{stamp}{smoke}" if n == 1 else f"{stamp}-{n:02d}{smoke}")
-            try:
-                folder.mkdir()
-                return folder, {"study": study.name, "fingerprint": fingerprint, "phases": {}, "smoke": opts.smoke}
-            except FileExistsError:
-                continue
-        raise StudyRunError(f"results folder {root} already holds 999 runs started at {stamp}")
+        folder = claim_stamped_folder(root / (time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if opts.smoke else "")))
+        return folder, {"study": study.name, "fingerprint": fingerprint, "phases": {}, "smoke": opts.smoke}
     if isinstance(opts.resume, str):
         candidates = [Path(opts.resume).expanduser().resolve()]
     else:
@@ -109,7 +102,7 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     if opts.register:
         raise StudyRunError(f"--register {opts.register}: a comparison ranks methods, and its best student is no "
                             f"method's winner; register from a study of the method you choose")
-    if getattr(opts, "sync_tracking", False):
+    if opts.sync_tracking:
         raise StudyRunError("--sync-tracking fills one study's MLflow records from its run folder; a comparison's "
                             "phases cannot be filled that way yet (their reports and records in the run folder are "
                             "complete)")
@@ -118,8 +111,7 @@ def run_comparison(study, opts: RunOptions, run_phase: Callable, log: Callable[[
     state["run_folder"] = str(folder)
     console.attach_log(folder)
     save = lambda: (folder / COMPARE_STATE).write_text(json.dumps(state, indent=2, default=str))  # noqa: E731
-    tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or _env_tracking_uri()
-                    or f"sqlite:///{folder.parent / 'mlflow.db'}")
+    tracking_uri = run_tracking_uri(opts, state, folder)
     experiment = study.name + ("-smoke" if opts.smoke else "")
     tracker = StudyTracker(tracking_uri, experiment, str(folder))
     params = {f"study.{k}": v for k, v in flatten(to_dict(study.settings)).items() if not k.startswith("compare.")}
@@ -216,12 +208,6 @@ def record_comparison(tracker, parent_id: str, written: dict, study, tracking_ur
         url = compare_runs_url(ui_base(tracking_uri), [tracker.experiment_id], [r.info.run_id for r in chosen])
         client.set_tag(parent_id, COMPARE_URL_TAG, url)
         log(f"compare the confirm runs ({len(chosen)} of {len(confirm)}):  {url}")
-
-
-def _env_tracking_uri() -> str | None:
-    import os
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 def _result(state: dict, phases: dict, report: str, stop: dict | None = None) -> dict:

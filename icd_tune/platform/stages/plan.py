@@ -237,8 +237,7 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
     # One experiment folder per invocation, also under shared storage, so studies never collide.
     storage_path = state.get("storage") or (
         f"{opts.storage.rstrip('/')}/{study.name}/{run_folder.name}" if opts.storage else str(run_folder / "ray"))
-    tracking_uri = (opts.tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-                    or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
+    tracking_uri = run_tracking_uri(opts, state, run_folder)
 
     first = points[0] if points else study.first_point()
     trial0 = trial_config(base, first.overrides, first.seed)
@@ -258,6 +257,12 @@ def resolve_plan(study: Study, opts: RunOptions) -> StudyPlan:
         if plan.warm_start:
             plan.notes.append(plan.warm_start.describe())
     return plan
+
+
+def run_tracking_uri(opts: RunOptions, state: dict, run_folder: Path) -> str:
+    """--tracking-uri, else the resumed run's, else $MLFLOW_TRACKING_URI, else sqlite beside the study's runs."""
+    return (opts.tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{run_folder.parent / 'mlflow.db'}")
 
 
 def record_fingerprint(plan: StudyPlan, fingerprint: dict) -> None:

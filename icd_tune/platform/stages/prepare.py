@@ -174,23 +174,27 @@ def claim_fresh_folder(plan: StudyPlan) -> None:
     """A fresh run's own folder: its time stamp, or the stamp and a number when another invocation of the
     study started in the same second (a job array, a shell loop): created exclusively, never shared."""
     planned = plan.run_folder
-    planned.parent.mkdir(parents=True, exist_ok=True)
-    stamp, smoke = (planned.name[:-len("-smoke")], "-smoke") if planned.name.endswith("-smoke") else (planned.name, "")
-    for n in range(1, 1000):
-        folder = planned if n == 1 else planned.with_name(f"{stamp}-{n:02d}{smoke}")
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise StudyRunError(f"results folder {planned.parent} already holds 999 runs started at {stamp}")
+    folder = claim_stamped_folder(planned)
     if folder != planned:
         plan.run_folder = folder
         if plan.storage_path == str(planned / "ray"):
             plan.storage_path = str(folder / "ray")
         elif plan.storage_path.endswith("/" + planned.name):
             plan.storage_path = plan.storage_path[:-len(planned.name)] + folder.name
+
+
+def claim_stamped_folder(planned: Path) -> Path:
+    """``planned`` (a time stamp, maybe ending -smoke) created exclusively, or the first free ``<stamp>-NN``."""
+    planned.parent.mkdir(parents=True, exist_ok=True)
+    stamp, smoke = (planned.name[:-len("-smoke")], "-smoke") if planned.name.endswith("-smoke") else (planned.name, "")
+    for n in range(1, 1000):
+        folder = planned if n == 1 else planned.with_name(f"{stamp}-{n:02d}{smoke}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise StudyRunError(f"results folder {planned.parent} already holds 999 runs started at {stamp}")
 
 
 def announce(plan: StudyPlan, log: Log) -> None:
