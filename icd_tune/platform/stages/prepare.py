@@ -246,8 +246,20 @@ def load_teacher(plan: StudyPlan, data: DataBundle, log: Log, teacher_cfg=None) 
     return teacher.cpu().eval(), info
 
 
+def teacher_task_device(gpus: float) -> str:
+    """Where the teacher's Ray task trains: the GPU it holds, else the CPU.
+
+    Never ``auto``: Ray hides no GPU from a task that asks for none (it leaves
+    CUDA_VISIBLE_DEVICES alone), so ``auto`` there would train on a GPU nothing
+    reserved; and a task that holds a GPU but sees none should fail, not train on the CPU.
+    """
+    return "cuda" if gpus else "cpu"
+
+
 def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) -> Callable[[], nn.Module]:
     import ray
+
+    device = teacher_task_device(gpus)
 
     def train() -> object:
         from ...method.models import create_model
@@ -259,7 +271,7 @@ def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) ->
             from ...method.teachers import train_teacher
 
             torch.set_num_threads(max(1, int(cpus)))
-            model = train_teacher(teacher_cfg, bundle, data_cfg, device="auto")
+            model = train_teacher(teacher_cfg, bundle, data_cfg, device=device)
             return {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.final_metrics
 
         state, final = ray.get(train_on_worker.remote(trial0.teacher, data, trial0.data))
