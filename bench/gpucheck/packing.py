@@ -21,7 +21,7 @@ from icd_tune.method.data import load_data
 from icd_tune.method.train import Trainer
 
 from .common import has_step_option, make_teacher, peak_memory_mib, step_mode, trial_config
-from .plan import ENTRY, SIZES, write_partial
+from .plan import ENTRY, EPOCHS, SIZES, write_partial
 
 
 def packing(ctx: dict) -> dict:
@@ -95,7 +95,8 @@ def worker(folder: Path, size_name: str, seconds: float, rank: int, step: str | 
     if device.type == "cpu":
         torch.set_num_threads(1)
     chunk = 20 if device.type == "cuda" else 2
-    cfg = trial_config(size, 40 * size["batch"], device.type, steps=chunk, step=step)
+    # A 240-epoch budget keeps the learning rate (a new capture when it changes) fixed in the window.
+    cfg = trial_config(size, 40 * size["batch"], device.type, steps=chunk, step=step, epochs=EPOCHS)
     data = load_data(cfg.data)
     trainer = Trainer(cfg, data, make_teacher(size), device=device)
     trainer.train_epoch()  # warm-up: cuDNN autotuning, allocator, the graph's capture

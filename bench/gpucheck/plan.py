@@ -32,7 +32,7 @@ SIZES = {
     # images evaluated; packing window and process counts; baseline loader workers and warm-up steps;
     # fused students and their steps
     "gpu": dict(teacher="resnet32x4", student="resnet8x4", classes=100, batch=BATCH, steps=100, fp16_steps=50,
-                cached_steps=40, graph_steps=100, check_steps=4, timing_images=1024, eval_images=5120,
+                cached_steps=40, graph_steps=100, check_steps=5, timing_images=1024, eval_images=5120,
                 pack_seconds=6.0, pack_procs=(1, 4, 16), loader_workers=4, baseline_warmup=10,
                 fusion_students=(8, 4, 16), fusion_steps=30),
     "cpu": dict(teacher="resnet8", student="resnet8", classes=10, batch=8, steps=4, fp16_steps=1, cached_steps=2,
