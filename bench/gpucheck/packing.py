@@ -92,8 +92,9 @@ def run_workers(ctx: dict, count: int, step: str | None) -> list[dict]:
 def worker(folder: Path, size_name: str, seconds: float, rank: int, step: str | None) -> None:
     size = SIZES[size_name]
     device = torch.device("cuda" if size_name == "gpu" else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(1)
+    # One intra-op thread each (a trial under Ray gets its cpus_per_trial): 16 workers then do not
+    # oversubscribe the host's cores, which issue the kernels.
+    torch.set_num_threads(1)
     chunk = 20 if device.type == "cuda" else 2
     # A 240-epoch budget keeps the learning rate (a new capture when it changes) fixed in the window.
     cfg = trial_config(size, 40 * size["batch"], device.type, steps=chunk, step=step, epochs=EPOCHS)
