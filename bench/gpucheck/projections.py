@@ -81,7 +81,7 @@ def targets(figures: dict, projection: dict) -> list[dict]:
         _target(f"240-epoch trial <= {TRIAL_MINUTES:g} min", minutes, lambda: minutes <= TRIAL_MINUTES,
                 lambda: f"{minutes:.1f} min{ran}"),
         _target(f"best packing >= {PACKING_GAIN:g}x one eager trial's images/s", gain, lambda: gain >= PACKING_GAIN,
-                lambda: f"{gain:.2f}x ({figures.get('packing_best_processes')} processes)"),
+                lambda: f"{gain:.2f}x ({_processes(figures.get('packing_best_processes'))})"),
         _target(f"study <= {STUDY_GPU_HOURS:g} GPU-hour and >= {STUDY_SAVING:g}x cheaper than the baseline",
                 None if study is None or saving is None else study,
                 lambda: study <= STUDY_GPU_HOURS and saving >= STUDY_SAVING,
@@ -106,6 +106,10 @@ def projections(ctx: dict) -> dict:
     figures = figures_from(ctx["report"]["parts"])
     projection = project(figures)
     return {"figures": figures, **projection, "targets": targets(figures, projection), "ok": True}
+
+
+def _processes(count) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
 
 
 def _number(value) -> bool:
