@@ -44,35 +44,38 @@ def step_graph(ctx: dict) -> dict:
     cpu = Trainer(check_cfg, check_data, make_teacher(size), device="cpu")
     reference = [epoch_terms(cpu.train_epoch(), cpu.weights) for _ in range(size["check_steps"])]
     data = load_data(trial_config(size, size["timing_images"], device.type).data)
-    teacher = make_teacher(size)
     names = []
     for source in ("live", "cached"):
         for mode in modes:
             name = f"{mode}_{source}"
-            result[name], trainer = variant(ctx, mode if option else None, source, teacher, (check_data, data),
-                                            reference)
+            result[name], trainer = variant(ctx, mode if option else None, source, (check_data, data), reference)
             names.append(name)
             if name == "eager_live":
                 result["eval_images_per_s"] = eval_rate(trainer, data)
             write_partial(ctx, "step_graph", result)
-    result["compile_reduce_overhead"] = reduce_overhead(ctx, teacher, data, "eager" if option else None)
+    result["compile_reduce_overhead"] = reduce_overhead(ctx, data, "eager" if option else None)
     result["ok"] = all(result[n]["ok"] for n in names) and result["compile_reduce_overhead"]["ok"]
     return result
 
 
-def variant(ctx: dict, step: str | None, source: str, teacher, datasets, reference: list[dict]) -> tuple[dict, Trainer]:
-    """One step variant: its terms on the check batch against the CPU's, then its step time."""
+def variant(ctx: dict, step: str | None, source: str, datasets, reference: list[dict]) -> tuple[dict, Trainer]:
+    """One step variant: its terms on the check batch against the CPU's, then its step time.
+
+    Every trainer gets a teacher network of its own (same weights): a captured step holds the
+    addresses of the teacher's weights, which another trainer's conversion must not move.
+    """
     size, device = ctx["size"], ctx["device"]
     check_data, data = datasets
     check_cfg = trial_config(size, size["batch"], device.type, steps=1, step=step, augment_images=False,
                              epochs=EPOCHS)
-    check = Trainer(check_cfg, check_data, teacher, device=device, teacher_outputs=outputs(ctx, source, check_data))
+    check = Trainer(check_cfg, check_data, make_teacher(size), device=device,
+                    teacher_outputs=outputs(ctx, source, check_data))
     if device.type == "cpu":
         check.amp_dtype = torch.bfloat16
     seen = [epoch_terms(check.train_epoch(), check.weights) for _ in reference]
     checks = [compare(s, r) for s, r in zip(seen, reference)]
-    timer = Trainer(trial_config(size, size["timing_images"], device.type, step=step, epochs=EPOCHS), data, teacher,
-                    device=device, teacher_outputs=outputs(ctx, source, data))
+    timer = Trainer(trial_config(size, size["timing_images"], device.type, step=step, epochs=EPOCHS), data,
+                    make_teacher(size), device=device, teacher_outputs=outputs(ctx, source, data))
     timing = timed_steps(timer, size["graph_steps"])
     ran, note = step_mode(timer)
     agree = all(c["agree"] for c in checks)
@@ -90,13 +93,13 @@ def outputs(ctx: dict, source: str, data) -> CachedTeacher | None:
     return CachedTeacher(open_cache(built["path"], built["key"]))
 
 
-def reduce_overhead(ctx: dict, teacher, data, step: str | None) -> dict:
+def reduce_overhead(ctx: dict, data, step: str | None) -> dict:
     """The eager step with the student's and the teacher's forward compiled in ``reduce-overhead`` mode."""
     if ctx["device"].type != "cuda":
         return {"skipped": "compile is measured on a GPU only", "compile_mode": COMPILE_MODE, "ok": True}
     size = ctx["size"]
-    trainer = Trainer(trial_config(size, size["timing_images"], "cuda", step=step, epochs=EPOCHS), data, teacher,
-                      device=ctx["device"])
+    cfg = trial_config(size, size["timing_images"], "cuda", step=step, epochs=EPOCHS)
+    trainer = Trainer(cfg, data, make_teacher(size), device=ctx["device"])
     student = torch.compile(trainer.student.forward, mode="reduce-overhead")
     trainer.teacher.forward = torch.compile(trainer.teacher.forward, mode="reduce-overhead")
 
