@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_platform_checks as checks  # noqa: E402
 
-# GPU sizes, against the 200 s that bench/gpu_run.sh gives the whole script (about 3.5 minutes with start-up):
+# GPU sizes, against the 195 s that bench/gpu_run.sh gives the whole script (about 3.5 minutes with start-up):
 #   data: 2,400 synthetic 32x32x3 images of 100 classes, 10% held out: 2,160 to train, 240 to validate, 500 to test.
 #   cache build (once, phase 1): 2,160 images x 162 variants x 0.03 ms per image-variant (H200, bench/gpu_check.py)
 #     = 10.5 s; about 250 MB of float16 rows, so each trial keeps its own device copy.

@@ -89,7 +89,12 @@ def parse_args(argv) -> tuple[argparse.Namespace, list[str], tuple[int, ...] | N
     parser.add_argument("--out", help="JSON file (default: $OUT/gpu_check.json, else results/gpu_check.json)")
     parser.add_argument("--parts", help=f"comma-separated parts to run, in the default order ({','.join(ORDER)})")
     parser.add_argument("--pack", help="process counts for packing, e.g. 1,4,8,16 (default 1,4,16; --cpu: 1,2)")
+    parser.add_argument("--budget", type=float, default=RUN_BUDGET,
+                        help=f"seconds after which no part starts and the running one is cut (default {RUN_BUDGET:.0f}; "
+                             f"--cpu allows 4x)")
     args = parser.parse_args(argv)
+    if not args.budget > 0:
+        raise UsageError(f"--budget takes a number of seconds above 0, not {args.budget!r}")
     return args, chosen_parts(args.parts), pack_counts(args.pack)
 
 

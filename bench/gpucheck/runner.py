@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .plan import DEADLINES, ORDER, RUN_BUDGET, SIZES, PartTimeout, UsageError, deadline, parse_args, write_partial
+from .plan import DEADLINES, ORDER, SIZES, PartTimeout, UsageError, deadline, parse_args, write_partial
 from .report import table
 
 # part -> (module of this package, function)
@@ -73,9 +73,9 @@ def run(args, names: list[str], counts: tuple[int, ...] | None, started: float) 
     out.parent.mkdir(parents=True, exist_ok=True)
     scale = 4.0 if args.cpu else 1.0
     ctx = {"size": SIZES[size_name], "size_name": size_name, "device": torch.device("cpu" if args.cpu else "cuda"),
-           "out": out, "deadline_scale": scale, "budget": RUN_BUDGET * scale, "budget_end": started + RUN_BUDGET * scale,
+           "out": out, "deadline_scale": scale, "budget": args.budget * scale, "budget_end": started + args.budget * scale,
            "tmp": tempfile.mkdtemp(prefix="gpu-check-"),
-           "report": {"mode": size_name, "chosen": names, "budget_seconds": RUN_BUDGET * scale, "parts": {}}}
+           "report": {"mode": size_name, "chosen": names, "budget_seconds": args.budget * scale, "parts": {}}}
     if counts is not None:
         ctx["pack_counts"] = counts
     if args.cpu:
