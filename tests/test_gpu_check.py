@@ -131,6 +131,14 @@ def test_parts_come_in_the_default_order_and_pack_counts_parse():
             plan.pack_counts(bad)
 
 
+def test_budget_is_parsed_and_a_non_positive_one_refused():
+    args, _, _ = plan.parse_args(["--cpu", "--budget", "165"])
+    assert args.budget == 165.0
+    assert plan.parse_args([])[0].budget == plan.RUN_BUDGET
+    with pytest.raises(plan.UsageError, match="--budget"):
+        plan.parse_args(["--budget", "0"])
+
+
 def test_gpu_check_refuses_without_a_gpu_unless_told_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
