@@ -221,7 +221,8 @@ class GraphStep:
             graph = torch.cuda.CUDAGraph()
             for generator in self.generators:
                 graph.register_generator_state(generator)
-            with torch.cuda.graph(graph):
+            # torch.cuda.graph captures on a side stream of the current device: make that the trial's.
+            with torch.cuda.device(self.device), torch.cuda.graph(graph):
                 self.step(*self.buffers, epoch)
             self.graph = graph
         else:
