@@ -151,6 +151,9 @@ class TrialConfig:
     max_steps_per_epoch: Optional[int] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    # `graph`: each training step replayed as one CUDA graph (method/graph_step.py); on the CPU, and where
+    # the teacher-output cache is read through host lookups, it runs eager and says so. Not with compile: true.
+    step: Literal["eager", "graph"] = "eager"
     # How often (in epochs) val/test accuracy is measured; the last epoch always is.
     eval_every: int = 1
     # A linear probe of the finished student on other datasets (transfer_config.py); None: none.
@@ -166,6 +169,9 @@ class TrialConfig:
         require(self.student in MODEL_NAMES, f"unknown model '{self.student}'{suggest(self.student, MODEL_NAMES)}", join_path(path, "student"))
         if self.max_steps_per_epoch is not None:
             require(self.max_steps_per_epoch >= 1, f"bad value {self.max_steps_per_epoch!r}: expected a positive integer or null", join_path(path, "max_steps_per_epoch"))
+        require(not (self.step == "graph" and self.compile), "bad value 'graph': step: graph and compile: true cannot "
+                "be combined (torch.compile's code is not captured into the step's CUDA graph); set compile: false "
+                "or step: eager", join_path(path, "step"))
         require(self.eval_every >= 1, f"bad value {self.eval_every!r}: expected a positive integer", join_path(path, "eval_every"))
         if self.protocol == "paper":
             require(self.data.val_fraction == 0, f"bad value {self.data.val_fraction!r}: protocol paper trains on every "

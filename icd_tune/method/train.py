@@ -9,6 +9,7 @@ epoch, so the step loop never waits for the host.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,6 +21,7 @@ from .data import DataBundle, Normalizer, TrainStream, eval_batches
 from .device import resolve_device
 from .distillers import get_method
 from .distillers.base import StepInputs
+from .graph_step import EpochTally, GraphStep, choose_step, give_note
 from .losses import ce_loss, kd_loss
 from .teacher_outputs import LiveTeacher
 from .models import create_model, feature_dim
@@ -92,6 +94,14 @@ class Trainer:
         self.normalizer = Normalizer(data.mean, data.std, self.device, channels_last=self.cuda)
         self.stream = TrainStream(data.train_x, data.train_y, opt.batch_size, self.device, self.data_generator,
                                   self.normalizer, augment_images=cfg.data.augment)
+        self.tally = EpochTally(len(self.weights), self.device)
+        # step: graph replays train_step as one CUDA graph; step_note says why a trial asking for it runs eager.
+        self.step_mode, self.step_note = choose_step(cfg.step, self.device, self.teacher)
+        give_note(self.step_note)
+        self.graph_step = None
+        if self.step_mode == "graph":
+            self.graph_step = GraphStep(partial(self.train_step, cache_casts=False), self.optimizer,
+                                        [self.negatives_generator], self.device)
         self.epoch = 0  # completed epochs
         self.best_val_acc1 = float("-inf")
         # Test accuracy and student weights at the epoch of best val/acc1: the honest test
@@ -106,10 +116,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _autocast(self):
+    def _autocast(self, cache_casts: bool = True):
         if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # A captured step must not cache casts: the cache's tensors would not outlive the capture.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_casts)
 
     def step_terms(self, x, y, index, variant, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The student's logits and every unweighted term of one batch: ce and kd here, then the method's own."""
@@ -131,37 +142,38 @@ class Trainer:
             if module is not None:
                 module.train()  # a teacher stays in eval mode whatever it is told
 
+    def train_step(self, x, y, index, variant, epoch: int, cache_casts: bool = True) -> None:
+        """One optimiser step on a batch, its figures added to ``self.tally``: what ``step: graph`` captures."""
+        with self._autocast(cache_casts):
+            logits, terms = self.step_terms(x, y, index, variant, epoch)
+        values = torch.stack([terms[n].float() for n in self.weights])
+        loss = sum(w * terms[n] for n, w in self.weights.items() if w != 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.tally.add(values, loss, logits, y)
+
     def train_epoch(self) -> dict[str, float]:
         self.train_mode()
         epoch_number = self.epoch + 1
         names = list(self.weights)
-        sums = torch.zeros(len(names) + 1, device=self.device, dtype=torch.float64)
-        first_bad = torch.full((len(names),), -1, device=self.device, dtype=torch.long)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        weights = list(self.weights.values())
-        seen = 0
+        self.tally.reset()
         if self.cuda:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
-        for step, (x, y, index, variant) in enumerate(self.stream.epoch(self.cfg.max_steps_per_epoch)):
-            with self._autocast():
-                logits, terms = self.step_terms(x, y, index, variant, epoch_number)
-            values = torch.stack([terms[n].float() for n in names])
-            loss = sum(w * terms[n] for w, n in zip(weights, names) if w != 0)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                sums[:-1] += values.detach()
-                sums[-1] += loss.detach()
-                bad = ~torch.isfinite(values.detach())
-                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-                correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += y.shape[0]
-        steps = max(1, seen // self.cfg.optim.batch_size)
-        totals = sums.tolist()  # the epoch's one host synchronisation
+        batches = self.stream.epoch(self.cfg.max_steps_per_epoch)
+        if self.graph_step is not None:
+            key = self.method.graph_key(epoch_number, self.cfg.optim.epochs)
+            taken = self.graph_step.run_epoch(batches, epoch_number, key)
+        else:
+            taken = 0
+            for x, y, index, variant in batches:
+                self.train_step(x, y, index, variant, epoch_number)
+                taken += 1
+        seen = taken * self.cfg.optim.batch_size
+        steps = max(1, taken)
+        totals, bad_steps, correct = self.tally.read()  # the epoch's one host synchronisation
         elapsed = time.perf_counter() - start
-        bad_steps = first_bad.tolist()
         failing = [(s, n) for s, n in zip(bad_steps, names) if s >= 0]
         if failing or not all(map(lambda v: v == v and abs(v) != float("inf"), totals)):
             step, term = min(failing) if failing else (steps - 1, "total")
@@ -170,7 +182,7 @@ class Trainer:
         self.scheduler.step()
         metrics = {f"train/loss_{n}": totals[i] / steps for i, n in enumerate(names)}
         metrics["train/loss"] = totals[-1] / steps
-        metrics["train/acc1"] = 100.0 * correct.item() / max(1, seen)
+        metrics["train/acc1"] = 100.0 * correct / max(1, seen)
         metrics["train/lr"] = lr
         metrics.update(self.method.epoch_metrics())
         metrics["time/epoch_seconds"] = elapsed
@@ -264,6 +276,8 @@ class Trainer:
         self.student.load_state_dict(state["student"])
         self.method.load_state_dict(method_state(state, self.cfg.method))
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.graph_step is not None:
+            self.graph_step.invalidate()  # the optimiser's state tensors are new: capture the step again
         self.scheduler.load_state_dict(state["scheduler"])
         self.data_generator.set_state(state["data_rng"])
         self.negatives_generator.set_state(state["negatives_rng"])

@@ -21,13 +21,17 @@ method adds its own terms on top of them and declares:
 ``.item()``, ``.tolist()``, printing a tensor or branching on a tensor's value) and must
 keep every shape fixed from step to step, so that a whole step can be replayed as one
 CUDA graph. Per-epoch figures of its own go in ``epoch_metrics()``, read once an epoch.
+A captured step keeps every Python value it computed at capture, so under ``step: graph``
+the trainer captures it again whenever ``graph_key(epoch, epochs)`` changes: the default,
+the epoch itself, is always right; a step that ignores the epoch returns None (captured
+once), one that reads it through a warm-up returns that warm-up's factor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 import torch.nn as nn
@@ -115,6 +119,10 @@ class Distiller(nn.Module):
 
     def epoch_metrics(self) -> dict[str, float]:
         return {}
+
+    def graph_key(self, epoch: int, epochs: int) -> Hashable:
+        """What ``step`` computes from the epoch as Python values; a captured step is captured again when it changes."""
+        return epoch
 
 
 class OneTermDistiller(Distiller):

@@ -109,6 +109,9 @@ class CRDDistiller(OneTermDistiller):
     def state_bytes(cls, loss: CRDLossConfig, num_train: int) -> int:
         return 2 * num_train * loss.crd_feat_dim * 4 if loss.crd_weight > 0 else 0
 
+    def graph_key(self, epoch: int, epochs: int) -> None:
+        return None  # the step does not read the epoch: captured once
+
     def step(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         if not self.weights:
             return {}

@@ -67,6 +67,13 @@ class DKDDistiller(OneTermDistiller):
         if not self.weights:
             return {}
         tckd, nckd = dkd_terms(inputs.logits, inputs.teacher_logits, inputs.y, loss.dkd_temperature)
-        warm_epochs = loss.dkd_warmup * inputs.epochs
-        warm = min(inputs.epoch / warm_epochs, 1.0) if warm_epochs > 0 else 1.0  # a Python float: no sync
+        warm = self.warm_factor(inputs.epoch, inputs.epochs)  # a Python float: no sync
         return {"dkd": warm * (loss.dkd_alpha * tckd + loss.dkd_beta * nckd)}
+
+    def warm_factor(self, epoch: int, epochs: int) -> float:
+        """The linear warm-up's factor on the term in ``epoch`` (1 once the warm-up is over)."""
+        warm_epochs = self.loss.dkd_warmup * epochs
+        return min(epoch / warm_epochs, 1.0) if warm_epochs > 0 else 1.0
+
+    def graph_key(self, epoch: int, epochs: int) -> float:
+        return self.warm_factor(epoch, epochs)  # a captured step holds the factor: a new one each warm-up epoch

@@ -123,6 +123,9 @@ class ICDDistiller(Distiller):
         contrastive, invariance = self.head(inputs.features, inputs.teacher_features, inputs.index, inputs.generator)
         return {"contrastive": contrastive, "invariance": invariance}
 
+    def graph_key(self, epoch: int, epochs: int) -> None:
+        return None  # the step does not read the epoch: captured once
+
     def epoch_metrics(self) -> dict[str, float]:
         if self.head is None:
             return {}

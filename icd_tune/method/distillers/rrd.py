@@ -72,6 +72,9 @@ class RRDDistiller(OneTermDistiller):
             self.register_buffer("queue", F.normalize(torch.randn(loss.rrd_queue, loss.rrd_feat_dim), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    def graph_key(self, epoch: int, epochs: int) -> None:
+        return None  # the step does not read the epoch: captured once
+
     def step(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         if not self.weights:
             return {}
