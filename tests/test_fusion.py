@@ -111,19 +111,20 @@ def in_float64(trainer: Trainer) -> Trainer:
 
 
 def test_each_fused_step_equals_the_trainers_step():
+    steps = 3  # the first step from the initial state; the later ones with momentum and moved statistics
     configs = group()
     data = load_data(configs[0].data)
     teacher = teacher_model().double()
     trainers = [in_float64(Trainer(c, data, teacher, device="cpu")) for c in configs]
     fused = FusedStudents(configs, data, teacher, device="cpu", dtype=torch.float64)
     assert fused.names == ["ce", "kd", "contrastive", "invariance"]
-    for step in range(1, 4):
+    for step in range(1, steps + 1):
         fused.load_trials([t.state_dict() for t in trainers])
         fused_metrics = fused.train_epoch(configs[0].max_steps_per_epoch)
         metrics = [t.run_epoch() for t in trainers]
         assert mismatches(fused, fused_metrics, trainers, metrics) == [], f"step {step}"
-    # Three updates of the running statistics, with momentum from the second step on, were compared.
-    assert int(fused.student_state(0)["bn1.num_batches_tracked"]) == 3 and fused.epoch == 3
+    # Each step's running-statistics update was compared, and from the second step on the momentum.
+    assert int(fused.student_state(0)["bn1.num_batches_tracked"]) == steps and fused.epoch == steps
     assert fused.student_state(0)["bn1.running_var"].dtype == torch.float64
 
 
