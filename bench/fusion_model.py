@@ -21,8 +21,14 @@ batched along the same dimension as the input, which they are here (the stacked 
 with ``in_dims=0``). ``functional_call`` swaps the stacked buffers into the module, so each
 student's slice is updated with its own batch statistics; ``num_batches_tracked`` is a batched
 in-place add. What vmap refuses is the unbatched-buffer case (one shared running mean for many
-students), which never arises here. ``tests/test_fusion.py`` checks parameters and every
-buffer against separate ``Trainer`` runs after one and three steps.
+students), which never arises here. vmap's rule applies BatchNorm's scale and shift after
+normalising, where the native kernel folds them into one multiply-add, so fp32 results differ
+from a separate trial's in the last bit; ``tests/test_fusion.py`` explains why its exact check
+runs in float64, step by step from the Trainers' own state, and checks three fp32 steps apart.
+
+KD is written out (``kd_loss_batched``, equal to ``losses.kd_loss``): vmap has no batch rule for
+``kl_div`` and would loop over the students. Under vmap, autocast misses the convolutions;
+``VmapAutocast`` casts them, as the Trainer's autocast does.
 
 Gradients: the per-student losses are summed and back-propagated once. The students share no
 parameter, so the gradient of the sum with respect to student b's slice is the gradient of
