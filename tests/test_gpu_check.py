@@ -74,6 +74,15 @@ def test_cpu_mode_step_graph_checks_each_variant_against_fp32(cpu_run):
 
 
 @pytest.mark.slow
+def test_cpu_mode_graph_exact_runs_the_static_buffer_step_over_a_milestone(cpu_run):
+    exact = cpu_run[0]["graph_exact"]
+    assert exact["ok"] and exact["step_mode"] == "graph" and exact["captures"] == 2 and exact["same_negatives_rng"]
+    # Un-captured on the CPU the graph trainer runs the eager step's arithmetic exactly.
+    assert exact["max_weight_diff"] == 0 and exact["max_bank_diff"] == 0 and exact["eager"] == exact["graph"]
+    assert len(exact["eager"]) == 2 and all("train/loss_invariance" in epoch for epoch in exact["eager"])
+
+
+@pytest.mark.slow
 def test_cpu_mode_packing_baseline_projections_fusion(cpu_run):
     parts = cpu_run[0]
     pack = parts["packing"]

@@ -6,10 +6,6 @@ the epoch and optimiser settings of their capture) and these tests hold it to th
 the same epoch metrics and the same final weights, bit for bit.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -175,18 +171,3 @@ def test_step_key_in_a_study_and_its_refusals(tiny_study):
         load_study(path, ["step=graph", "compile=true"])
     assert "key 'step'" in str(both.value)
     assert TrialConfig.from_dict({"step": "eager", "compile": True}).compile
-
-
-@pytest.mark.slow
-def test_the_gpu_check_of_the_graph_step_runs_on_the_cpu(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "graph_step_check.json"
-    proc = subprocess.run([sys.executable, "bench/graph_step_check.py", "--cpu", "--out", str(out)], cwd=root,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.read_text())
-    agree = report["agree"]
-    assert agree["ok"] and agree["step_mode"] == "graph" and agree["captures"] == 2 and agree["same_negatives_rng"]
-    # Un-captured on the CPU the graph trainer runs the eager step's arithmetic exactly.
-    assert agree["max_weight_diff"] == 0 and agree["max_bank_diff"] == 0 and agree["eager"] == agree["graph"]
-    assert report["speed"]["graph"]["step_mode"] == "graph" and report["speed"]["graph_over_eager"] > 0

@@ -13,8 +13,8 @@ import signal
 from pathlib import Path
 
 # The default order puts the figures that matter most first, so a run cut off still has them:
-# terms, the graph step, packing and the baseline (what the projections read), then the rest.
-ORDER = ("environment", "correctness", "step_graph", "packing", "baseline", "projections", "fusion",
+# terms, the graph step (its speed, then its exactness), packing and the baseline (what the projections read), then the rest.
+ORDER = ("environment", "correctness", "step_graph", "graph_exact", "packing", "baseline", "projections", "fusion",
          "step_time", "cache", "compile")
 # |device - cpu| <= ATOL + RTOL * |cpu| per loss term. bf16 keeps 8 significant bits (0.4%
 # per rounding); through a ResNet forward the logits drift by about 1%, which moves a
@@ -34,16 +34,16 @@ SIZES = {
     "gpu": dict(teacher="resnet32x4", student="resnet8x4", classes=100, batch=BATCH, steps=100, fp16_steps=50,
                 cached_steps=40, graph_steps=100, check_steps=5, timing_images=1024, eval_images=5120,
                 pack_seconds=6.0, pack_procs=(1, 4, 16), loader_workers=4, baseline_warmup=10,
-                fusion_students=(8, 4, 16), fusion_steps=30),
+                fusion_students=(8, 4, 16), fusion_steps=30, exact_steps=20, exact_negatives=1024),
     "cpu": dict(teacher="resnet8", student="resnet8", classes=10, batch=8, steps=4, fp16_steps=1, cached_steps=2,
                 graph_steps=2, check_steps=2, timing_images=8, eval_images=64,
                 pack_seconds=2.0, pack_procs=(1, 2), loader_workers=2, baseline_warmup=1,
-                fusion_students=(2,), fusion_steps=2),
+                fusion_students=(2,), fusion_steps=2, exact_steps=4, exact_negatives=16),
 }
 # Seconds per part on a GPU. The run as a whole starts no part after RUN_BUDGET seconds and cuts
 # the running one there, so a default run ends within 4 minutes even though the parts' own
 # deadlines add up to more; the CPU mode allows 4x both, its runs share a busy machine.
-DEADLINES = {"environment": 10, "correctness": 20, "step_graph": 75, "packing": 70, "baseline": 25,
+DEADLINES = {"environment": 10, "correctness": 20, "step_graph": 75, "graph_exact": 25, "packing": 70, "baseline": 25,
              "projections": 5, "fusion": 40, "step_time": 30, "cache": 15, "compile": 55}
 RUN_BUDGET = 225.0
 ENTRY = Path(__file__).resolve().parents[1] / "gpu_check.py"

@@ -34,6 +34,14 @@ def step_graph_text(p: dict) -> str:
     return " | ".join(parts)
 
 
+def graph_exact_text(p: dict) -> str:
+    if p.get("skipped"):
+        return f"skipped: {p['skipped']}"
+    return (f"fp32 eager vs graph ({p.get('step_mode')}, {p.get('captures')} captures): worst term excess "
+            f"{fmt(p.get('worst_term_excess'), 6)}, max |d| weights {fmt(p.get('max_weight_diff'), 6)}, banks "
+            f"{fmt(p.get('max_bank_diff'), 6)}, same negatives RNG: {p.get('same_negatives_rng')}")
+
+
 def packing_text(p: dict) -> str:
     runs = []
     for count, r in (p.get("runs") or {}).items():
@@ -83,6 +91,7 @@ def compile_text(p: dict) -> str:
 
 
 TEXTS = {"environment": environment_text, "correctness": correctness_text, "step_graph": step_graph_text,
+         "graph_exact": graph_exact_text,
          "packing": packing_text, "baseline": baseline_text, "projections": projections_text, "fusion": fusion_text,
          "step_time": step_time_text, "cache": cache_text, "compile": compile_text}
 

@@ -20,7 +20,7 @@ from .report import table
 
 # part -> (module of this package, function)
 PARTS = {"environment": ("env", "environment"), "correctness": ("checks", "correctness"),
-         "step_graph": ("graph", "step_graph"), "packing": ("packing", "packing"),
+         "step_graph": ("graph", "step_graph"), "graph_exact": ("graph_exact", "graph_exact"), "packing": ("packing", "packing"),
          "baseline": ("baseline", "baseline"), "projections": ("projections", "projections"),
          "fusion": ("fused", "fusion"), "step_time": ("steps", "step_time"), "cache": ("checks", "cache"),
          "compile": ("steps", "compiled")}
