@@ -247,13 +247,14 @@ def load_teacher(plan: StudyPlan, data: DataBundle, log: Log, teacher_cfg=None) 
 
 
 def teacher_task_device(gpus: float) -> str:
-    """Where the teacher's Ray task trains: the GPU it holds, else the CPU.
+    """Where the teacher's Ray task trains: ``auto`` on the GPU it holds, else the CPU.
 
-    Never ``auto``: Ray hides no GPU from a task that asks for none (it leaves
-    CUDA_VISIBLE_DEVICES alone), so ``auto`` there would train on a GPU nothing
-    reserved; and a task that holds a GPU but sees none should fail, not train on the CPU.
+    Never ``auto`` without a GPU: Ray hides no GPU from a task that asks for none (it leaves
+    CUDA_VISIBLE_DEVICES alone), so ``auto`` there would train on a GPU nothing reserved. With one,
+    Ray makes the reserved GPU the only one visible, and ``auto`` takes it, as a trial's ``auto`` does
+    (a GPU declared to Ray that torch cannot use trains on the CPU, like the trials beside it).
     """
-    return "cuda" if gpus else "cpu"
+    return "auto" if gpus else "cpu"
 
 
 def remote_teacher_training(trial0, data: DataBundle, cpus: float, gpus: int) -> Callable[[], nn.Module]:
