@@ -94,7 +94,6 @@ class CachedTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor | None, index: torch.Tensor, variant: torch.Tensor):
         device = x.device if isinstance(x, torch.Tensor) else index.device
         table = self.device_rows(device)

@@ -81,8 +81,12 @@ class Trainer:
         self.weights = {n: weights[n] for n in trainer_terms(cfg, self.method)}
         if cfg.compile:
             self.student.forward = torch.compile(self.student.forward)
-            if self.teacher is not None:
+            if isinstance(self.teacher, LiveTeacher):
                 self.teacher.forward = torch.compile(self.teacher.forward)
+            elif self.teacher is not None:
+                # A cache lookup (a gather, or a host lookup) is left out of the compiled graphs. Applied here,
+                # not as a decorator: importing torch's compiler costs every process about a second.
+                self.teacher.forward = torch.compiler.disable(self.teacher.forward)
 
         modules = [self.student, *self.method.trainable_modules()]
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
