@@ -32,12 +32,17 @@ THIRD_PARTY = ("Configuration for experiment", "A new study created in RDB", "Cr
                "Started a local Ray instance")
 
 
-def _cli(args, cwd):
+def _cli(args, cwd, *more):
+    """The command run with ``args`` (and, started at the same time, with each of ``more``); their results."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    out = subprocess.run([sys.executable, str(ROOT / "run_ablation.py"), *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run_ablation.py"), *a], cwd=cwd, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in (args, *more)]
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=400)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        outs.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return outs[0] if not more else outs
 
 
 def _run_folder(results, name, before=()):
@@ -55,9 +60,11 @@ def test_a_run_from_elsewhere_writes_nothing_there_and_keeps_its_console_to_the_
       num_samples: 1
     asha: {enabled: false}
     """, epochs=1)
-    scratch, results = tmp_path / "scratch", tmp_path / "results"
+    scratch, results, loud_results = tmp_path / "scratch", tmp_path / "results", tmp_path / "loud"
     scratch.mkdir()
-    quiet = _cli([str(path), "--results-dir", str(results)], scratch)
+    # The quiet run and a -v run, started together (each with its own results folder).
+    quiet, loud = _cli([str(path), "--results-dir", str(results)], scratch,
+                       [str(path), "--results-dir", str(loud_results), "-v"])
     assert sorted(os.listdir(scratch)) == []
     folder = _run_folder(results, "elsewhere")
     # The quiet console: nothing on stderr, and on stdout the report and the project's own lines alone.
@@ -83,9 +90,8 @@ def test_a_run_from_elsewhere_writes_nothing_there_and_keeps_its_console_to_the_
     assert (results / "elsewhere" / "mlartifacts").is_dir()
 
     # -v: the third-party lines come back to the console, and no log file is kept.
-    loud = _cli([str(path), "--results-dir", str(results), "-v"], scratch)
     assert sorted(os.listdir(scratch)) == []
-    second = _run_folder(results, "elsewhere", before=[folder])
+    second = _run_folder(loud_results, "elsewhere")
     for line in ("Configuration for experiment", "A new study created in RDB", "Started a local Ray instance"):
         assert line in loud.stdout + loud.stderr
     assert "Ray, MLflow and Optuna output: " not in loud.stdout and not (second / console.LOG_NAME).exists()
