@@ -185,7 +185,8 @@ def test_smoke_of_a_cifar_study_on_a_machine_without_gpu_or_cifar(tmp_path):
     assert data["name"] == "synthetic" and data["num_classes"] == 100 and 256 < data["num_train"] < 1000
     assert "CIFAR-100 is not in" in notes and "synthetic 32x32 images of 100 classes" in notes
     assert setup.base["teacher"]["checkpoint"] is None and "does not exist: training a stand-in teacher" in notes
-    assert setup.base["teacher"]["max_steps_per_epoch"] == study.settings.smoke.max_steps
+    assert setup.base["teacher"]["max_steps_per_epoch"] == study.settings.smoke.teacher_steps == 2
+    assert "1 epoch(s) of at most 2 steps" in notes
     count = setup.point.overrides["loss.negatives.count"]
     assert count < point.overrides["loss.negatives.count"] and f"using {count}" in notes
     assert study.base["data"]["name"] == "cifar100"  # the study itself is left as loaded

@@ -72,7 +72,7 @@ def capped_base(base: dict, settings: StudySettings) -> dict:
     """Trial defaults capped for a smoke run: few epochs and steps, for the trial and for the teacher."""
     smoke = settings.smoke
     teacher_optim = {**base["teacher"]["optim"], "epochs": smoke.teacher_epochs}
-    teacher = {**base["teacher"], "optim": teacher_optim, "max_steps_per_epoch": smoke.max_steps}
+    teacher = {**base["teacher"], "optim": teacher_optim, "max_steps_per_epoch": smoke.teacher_steps}
     capped = {**base, "optim": {**base["optim"], "epochs": smoke.epochs}, "max_steps_per_epoch": smoke.max_steps,
               "teacher": teacher}
     if base.get("transfer"):

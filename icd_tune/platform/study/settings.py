@@ -56,9 +56,11 @@ class SmokeConfig:
     epochs: int = 1
     max_steps: int = 5
     teacher_epochs: int = 1
+    # Optimizer steps per epoch of a teacher trained for the smoke run (a stand-in; its accuracy is not the point).
+    teacher_steps: int = 2
 
     def validate(self, path: str) -> None:
-        for name in ("epochs", "max_steps", "teacher_epochs"):
+        for name in ("epochs", "max_steps", "teacher_epochs", "teacher_steps"):
             value = getattr(self, name)
             require(value >= 1, f"bad value {value!r}: expected at least 1", join_path(path, name))
 
