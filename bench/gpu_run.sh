@@ -6,8 +6,8 @@
 #
 #   bash bench/gpu_run.sh        # from the project root, with .whl/ beside it; writes under $OUT
 #
-# .whl/ holds what the GPU machine lacks (Ray, Optuna, MLflow's client and sqlite store), built here
-# by ../shared/tools/gpu-wheelhouse; it is installed into /tmp/site. Without $OUT the files go to
+# .whl/ holds what the GPU machine lacks (Ray, Optuna, MLflow's client and sqlite store) as Python 3.12
+# wheels, downloaded ahead of time where the package index is reachable; it is installed into /tmp/site. Without $OUT the files go to
 # results/gpu_run/. What comes back: gpu_run.log (both scripts' output), gpu_check.json and, under
 # platform/, gpu_platform.json, gpu_platform.log and the two study files; the studies' own results
 # stay on the machine in /tmp/gpu_platform. Exit status 0 only when both scripts pass.
