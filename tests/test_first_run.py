@@ -32,17 +32,17 @@ THIRD_PARTY = ("Configuration for experiment", "A new study created in RDB", "Cr
                "Started a local Ray instance")
 
 
-def _cli(args, cwd, *more):
-    """The command run with ``args`` (and, started at the same time, with each of ``more``); their results."""
+def _cli_together(cwd, *arg_lists):
+    """The command run with each of ``arg_lists``, all started at the same time; their results, in order."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run_ablation.py"), *a], cwd=cwd, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in (args, *more)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in arg_lists]
     outs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=400)
         assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
         outs.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
-    return outs[0] if not more else outs
+    return outs
 
 
 def _run_folder(results, name, before=()):
@@ -63,8 +63,8 @@ def test_a_run_from_elsewhere_writes_nothing_there_and_keeps_its_console_to_the_
     scratch, results, loud_results = tmp_path / "scratch", tmp_path / "results", tmp_path / "loud"
     scratch.mkdir()
     # The quiet run and a -v run, started together (each with its own results folder).
-    quiet, loud = _cli([str(path), "--results-dir", str(results)], scratch,
-                       [str(path), "--results-dir", str(loud_results), "-v"])
+    quiet, loud = _cli_together(scratch, [str(path), "--results-dir", str(results)],
+                                [str(path), "--results-dir", str(loud_results), "-v"])
     assert sorted(os.listdir(scratch)) == []
     folder = _run_folder(results, "elsewhere")
     # The quiet console: nothing on stderr, and on stdout the report and the project's own lines alone.
